@@ -1,0 +1,191 @@
+"""Typed configuration of a harmonia run, loaded from YAML with errors that name the key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class SynthConfig(_Strict):
+    """How `harmonia data synth` builds the default dataset when it is absent."""
+
+    clips: int = Field(600, gt=0)
+    seconds: float = Field(4.0, gt=0)
+    seed: int = 0
+    sample_rate: int = Field(16000, gt=0)
+
+
+class DataConfig(_Strict):
+    root: str = "data/synth"
+    synth: SynthConfig | None = Field(default_factory=SynthConfig)
+
+
+class FeatureConfig(_Strict):
+    """Log-mel front end; its hash keys the on-disk feature cache."""
+
+    kind: Literal["logmel"] = "logmel"
+    sample_rate: int = Field(16000, gt=0)
+    n_fft: int = Field(1024, gt=0)
+    hop_length: int = Field(320, gt=0)
+    n_mels: int = Field(64, gt=0)
+    fmin: float = Field(0.0, ge=0)
+    fmax: float | None = None
+    cache_dir: str = ".harmonia_cache"
+
+    def key(self) -> str:
+        """Stable hash of every field that changes the computed features."""
+        payload = self.model_dump(exclude={"cache_dir"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop_length / self.sample_rate
+
+
+class TrackingConfig(_Strict):
+    uri: str = "sqlite:///mlruns.db"
+    artifacts: str = "mlartifacts"
+
+
+class ResourcesConfig(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SearchConfig(_Strict):
+    num_samples: int = Field(8, gt=0)
+    max_concurrent: int = Field(1, gt=0)
+    max_epochs: int = Field(12, gt=0)
+    grace_period: int = Field(3, gt=0)
+    reduction_factor: int = Field(2, gt=1)
+    metric: Literal["mAP", "auc", "f1"] = "mAP"
+    seed: int = 0
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    storage_path: str = "ray_results"
+    max_failures: int = Field(1, ge=0)
+    address: str | None = None
+
+
+class TrainConfig(_Strict):
+    """Fixed training settings that the search space does not vary."""
+
+    patience: int = Field(4, gt=0)
+    seed: int = 0
+    num_threads: int = Field(1, gt=0)
+
+
+class EnsembleConfig(_Strict):
+    size: int = Field(20, gt=0)
+    top_k_average: int = Field(5, gt=0)
+    metric: Literal["mAP", "auc", "f1"] = "mAP"
+
+
+class HarmoniaConfig(_Strict):
+    """A whole run: data, features, tracking, search, training, ensemble and the space overrides."""
+
+    name: str = "quickstart"
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    space: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ "):
+            raise ValueError("name must be non-empty without slashes or spaces")
+        return v
+
+    def resolved(self, base: Path | None = None) -> "HarmoniaConfig":
+        """A copy with relative paths and the SQLite URI made absolute against `base` (cwd)."""
+        base = (base or Path.cwd()).resolve()
+        c = self.model_copy(deep=True)
+        c.data.root = str(_abs(c.data.root, base))
+        c.features.cache_dir = str(_abs(c.features.cache_dir, base))
+        c.tracking.artifacts = str(_abs(c.tracking.artifacts, base))
+        c.search.storage_path = str(_abs(c.search.storage_path, base))
+        c.tracking.uri = resolve_tracking_uri(c.tracking.uri, base)
+        return c
+
+
+def _abs(p: str, base: Path) -> Path:
+    if "://" in p:
+        return p  # type: ignore[return-value]
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def resolve_tracking_uri(uri: str, base: Path) -> str:
+    """Make `sqlite:///relative.db` absolute so that Ray workers in other cwds hit the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((base / uri[len(prefix):]).resolve())
+    if "://" not in uri:
+        return str(_abs(uri, base))
+    return uri
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            model = _model_at(HarmoniaConfig, e["loc"][:-1])
+            valid = ", ".join(sorted(model.model_fields)) if model else "?"
+            lines.append(f"  unknown key '{loc}' (valid keys here: {valid})")
+        else:
+            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> HarmoniaConfig:
+    try:
+        return HarmoniaConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path) -> HarmoniaConfig:
+    """Read a YAML config; malformed YAML and wrong keys raise ConfigError naming file, line, key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: malformed YAML: {getattr(err, 'problem', err)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return parse_config(data, str(path))
