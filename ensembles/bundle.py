@@ -1,0 +1,147 @@
+"""The exported bundle: `ensemble.json` plus each member's weights and config; validated, hashed, no pickles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harmonia import __version__, tracking
+from harmonia.ensembles.library import download
+
+BUNDLE_FORMAT = "harmonia.bundle/1"
+MEMBER_FILES = ("model.safetensors", "config.json")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be loaded: wrong format version, failed schema, or a tampered file."""
+
+
+class BundleMember(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run_id: str
+    index: int = Field(ge=0, description="position in the ensemble's library (the fitted weights' order)")
+    weight: float
+    path: str
+    sha256: dict[str, str]
+
+
+class Bundle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["harmonia.bundle/1"]
+    name: str
+    classes: list[str] = Field(min_length=1)
+    method: str
+    metric: str
+    library_size: int = Field(gt=0)
+    members: list[BundleMember] = Field(min_length=1)
+    fitted: dict
+    thresholds: list[float]
+    feature: dict
+    scores: dict[str, dict[str, float]]
+    ensemble_run_id: str
+    versions: dict[str, str]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import mlflow
+    import torch
+
+    return {"harmonia": __version__, "torch": torch.__version__, "mlflow": mlflow.__version__,
+            "python": platform.python_version()}
+
+
+def export_bundle(uri: str, ensemble_run_id: str, out: str | Path, name: str | None = None) -> Path:
+    """Download the ensemble spec and its members' weights from MLflow into `out/`; returns the folder."""
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = json.loads(download(uri, ensemble_run_id, "ensemble.json", tmp).read_text())
+    if spec.get("format") != "harmonia.ensemble/1":
+        raise BundleError(f"run {ensemble_run_id}: ensemble.json has format {spec.get('format')!r}, expected harmonia.ensemble/1")
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "members").mkdir(parents=True)
+    members, feature = [], None
+    for m in spec["members"]:
+        rid = m["run_id"]
+        dst = out / "members" / rid
+        with tempfile.TemporaryDirectory() as tmp:
+            src = download(uri, rid, "model", tmp)
+            dst.mkdir(parents=True)
+            for f in MEMBER_FILES:
+                shutil.copy2(src / f, dst / f)
+        cfg = json.loads((dst / "config.json").read_text())
+        if feature is None:
+            feature = cfg["feature"]
+        if cfg["classes"] != spec["classes"]:
+            raise BundleError(f"member {rid}: classes differ from the ensemble's")
+        members.append(BundleMember(run_id=rid, index=spec["library"].index(rid), weight=m["weight"],
+                                    path=f"members/{rid}", sha256={f: sha256(dst / f) for f in MEMBER_FILES}))
+    bundle = Bundle(format=BUNDLE_FORMAT, name=name or spec.get("method", "ensemble"), classes=spec["classes"],
+                    method=spec["method"], metric=spec["metric"], library_size=len(spec["library"]),
+                    members=members, fitted=spec["fitted"], thresholds=spec["thresholds"], feature=feature,
+                    scores=spec["scores"], ensemble_run_id=ensemble_run_id, versions=_versions())
+    (out / "ensemble.json").write_text(bundle.model_dump_json(indent=2))
+    return out
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Validate `ensemble.json` against the schema and every member file against its hash."""
+    path = Path(path)
+    spec_file = path / "ensemble.json"
+    if not spec_file.is_file():
+        raise BundleError(f"{path}: not a harmonia bundle (no ensemble.json)")
+    try:
+        raw = json.loads(spec_file.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{spec_file}: not valid JSON: {err}") from None
+    if isinstance(raw, dict) and raw.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{spec_file}: bundle format {raw.get('format')!r} is not supported "
+                          f"(this harmonia reads {BUNDLE_FORMAT}); re-export it with `harmonia export`")
+    try:
+        bundle = Bundle.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise BundleError(f"{spec_file}: invalid bundle at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    for m in bundle.members:
+        mdir = (path / m.path).resolve()
+        if path.resolve() not in mdir.parents:
+            raise BundleError(f"{spec_file}: member path {m.path!r} escapes the bundle")
+        for f, digest in m.sha256.items():
+            if not (mdir / f).is_file():
+                raise BundleError(f"{mdir / f}: missing member file")
+            if sha256(mdir / f) != digest:
+                raise BundleError(f"{mdir / f}: hash mismatch, the file was modified after export")
+    return bundle
+
+
+def register_model(uri: str, bundle_dir: str | Path, ensemble_run_id: str, model_name: str) -> str:
+    """Log the bundle as an MLflow pyfunc (models-from-code: no pickled code) and register it."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    bundle = read_bundle(bundle_dir)
+    code = Path(__file__).with_name("pyfunc_model.py")
+    with mlflow.start_run(run_id=ensemble_run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(code), artifacts={"bundle": str(bundle_dir)},
+            registered_model_name=model_name, pip_requirements=[f"harmonia=={__version__}"],
+        )
+    c = tracking.client(uri)
+    version = info.registered_model_version
+    for split in ("valid", "test"):
+        score = bundle.scores.get("ensemble", {}).get(split)
+        if score is not None:
+            c.set_model_version_tag(model_name, str(version), f"{split}_{bundle.metric}", f"{score:.6f}")
+    c.set_model_version_tag(model_name, str(version), "harmonia.method", bundle.method)
+    return f"models:/{model_name}/{version}"

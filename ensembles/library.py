@@ -1,0 +1,129 @@
+"""Collect finished trial runs and their valid/test predictions from MLflow into one model library."""
+
+from __future__ import annotations
+
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harmonia import tracking
+from harmonia.progress import console, progress_bar
+
+
+class LibraryError(RuntimeError):
+    """No usable runs, or the runs do not agree with the labels; says which experiment and why."""
+
+
+@dataclass
+class Library:
+    """M models' predictions aligned on the same clips and classes."""
+
+    classes: list[str]
+    run_ids: list[str]
+    run_names: list[str]
+    valid_ids: list[str]
+    test_ids: list[str]
+    y_valid: np.ndarray  # [N, C]
+    y_test: np.ndarray | None
+    valid: np.ndarray  # [M, N, C]
+    test: np.ndarray | None  # [M, N', C]
+    skipped: dict[str, str]  # run id -> reason
+
+
+def download(uri: str, run_id: str, path: str, dst: str) -> Path:
+    import mlflow.artifacts
+
+    return Path(tracking.retry(lambda: mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=uri)))
+
+
+def _read_table(uri: str, run_id: str, path: str) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory() as tmp:
+        return pd.read_parquet(download(uri, run_id, path, tmp))
+
+
+def _align(df: pd.DataFrame, ids: list[str], classes: list[str], what: str) -> np.ndarray:
+    missing = [c for c in classes if c not in df.columns]
+    if missing:
+        raise LibraryError(f"{what}: missing class columns {missing}")
+    df = df.set_index(df["clip_id"].astype(str))
+    absent = set(ids) - set(df.index)
+    if absent:
+        raise LibraryError(f"{what}: {len(absent)} clips missing, e.g. {sorted(absent)[:3]}")
+    return df.loc[ids, classes].to_numpy(np.float32)
+
+
+def latest_search_run(uri: str, experiment_id: str):
+    c = tracking.client(uri)
+    runs = tracking.retry(lambda: c.search_runs(
+        [experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'search'",
+        order_by=["attributes.start_time DESC"], max_results=1))
+    if not runs:
+        raise LibraryError(f"experiment {experiment_id}: no search run (tag {tracking.KIND_TAG}=search) holds the labels")
+    return runs[0]
+
+
+def finished_trials(uri: str, experiment_id: str):
+    c = tracking.client(uri)
+    flt = f"tags.`{tracking.KIND_TAG}` = 'trial' and attributes.status = 'FINISHED'"
+    return tracking.retry(lambda: c.search_runs([experiment_id], filter_string=flt, max_results=5000,
+                                                order_by=["attributes.start_time ASC"]))
+
+
+def collect(uri: str, experiment: str, progress: bool = True) -> Library:
+    """Every FINISHED trial of `experiment` whose predictions match the latest search's labels."""
+    c = tracking.client(uri)
+    exp = tracking.retry(lambda: c.get_experiment_by_name(experiment))
+    if exp is None:
+        raise LibraryError(f"no MLflow experiment named {experiment!r} at {tracking.mask_uri(uri)}")
+    search = latest_search_run(uri, exp.experiment_id)
+    yv = _read_table(uri, search.info.run_id, "labels/valid.parquet")
+    classes = [col for col in yv.columns if col != "clip_id"]
+    valid_ids = list(yv["clip_id"].astype(str))
+    try:
+        yt = _read_table(uri, search.info.run_id, "labels/test.parquet")
+        test_ids = list(yt["clip_id"].astype(str))
+    except Exception:  # noqa: BLE001 - a dataset without a test split
+        yt, test_ids = None, []
+    runs = finished_trials(uri, exp.experiment_id)
+    skipped: dict[str, str] = {}
+
+    def load(run):
+        rid = run.info.run_id
+        try:
+            v = _align(_read_table(uri, rid, "predictions/valid.parquet"), valid_ids, classes, f"run {rid} valid")
+            t = _align(_read_table(uri, rid, "predictions/test.parquet"), test_ids, classes, f"run {rid} test") if yt is not None else None
+        except Exception as err:  # noqa: BLE001 - one bad run must not sink the ensemble
+            return rid, None, None, f"{type(err).__name__}: {err}"
+        if not np.isfinite(v).all() or (t is not None and not np.isfinite(t).all()):
+            return rid, None, None, "non-finite predictions"
+        return rid, v, t, None
+
+    loaded = []
+    with progress_bar(f"collect {len(runs)} runs", len(runs), enabled=progress) as advance, \
+            ThreadPoolExecutor(max_workers=8) as pool:
+        for run, (rid, v, t, why) in zip(runs, pool.map(load, runs)):
+            advance()
+            if why:
+                skipped[rid] = why
+            else:
+                loaded.append((run, v, t))
+    if skipped and progress:
+        console.print(f"[yellow]skipped {len(skipped)} runs:[/] " + "; ".join(f"{k[:8]}: {v}" for k, v in skipped.items()))
+    if not loaded:
+        raise LibraryError(f"experiment {experiment!r}: no finished trial run with usable predictions")
+    return Library(
+        classes=classes,
+        run_ids=[r.info.run_id for r, _, _ in loaded],
+        run_names=[r.info.run_name or r.info.run_id[:8] for r, _, _ in loaded],
+        valid_ids=valid_ids, test_ids=test_ids,
+        y_valid=yv[classes].to_numpy(np.float32),
+        y_test=None if yt is None else yt[classes].to_numpy(np.float32),
+        valid=np.stack([v for _, v, _ in loaded]),
+        test=None if yt is None else np.stack([t for _, _, t in loaded]),
+        skipped=skipped,
+    )

@@ -1,0 +1,122 @@
+"""The ensemble stage: fit a method on valid, compare with the best model and the plain average, log a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from harmonia import tracking
+from harmonia.ensembles.library import Library, collect
+from harmonia.ensembles.methods import FittedEnsemble, fit_method
+from harmonia.metrics import fit_thresholds, get_metric
+
+
+@dataclass
+class EnsembleReport:
+    run_id: str
+    method: str
+    metric: str
+    fitted: FittedEnsemble
+    library: Library
+    thresholds: np.ndarray
+    comparison: pd.DataFrame  # rows: ensemble, best single, average top-k; columns valid, test, members
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def members(self) -> list[tuple[str, float]]:
+        w = _member_weights(self.fitted)
+        return [(self.library.run_ids[i], float(w[i])) for i in np.flatnonzero(w > 0)]
+
+
+def _member_weights(fitted: FittedEnsemble) -> np.ndarray:
+    """Per-member weight magnitude (per-class weights are averaged over classes)."""
+    w = np.abs(np.asarray(fitted.weights, np.float64))
+    return w.mean(axis=1) if w.ndim == 2 else w
+
+
+def _score(metric_name: str, y: np.ndarray | None, p: np.ndarray | None) -> float:
+    return float("nan") if y is None or p is None else float(get_metric(metric_name).fn(y, p))
+
+
+def compare(lib: Library, fitted: FittedEnsemble, metric: str, top_k: int) -> pd.DataFrame:
+    """Ensemble vs best single model vs plain average of the top-k models, on valid and test."""
+    m = get_metric(metric)
+    single = np.array([m.fn(lib.y_valid, p) for p in lib.valid])
+    order = np.argsort(-single if m.greater_is_better else single, kind="stable")
+    best, top = int(order[0]), order[:top_k]
+    rows = [
+        ("ensemble", fitted.predict(lib.valid), None if lib.test is None else fitted.predict(lib.test),
+         int((_member_weights(fitted) > 0).sum())),
+        ("best single", lib.valid[best], None if lib.test is None else lib.test[best], 1),
+        (f"average top {len(top)}", lib.valid[top].mean(0), None if lib.test is None else lib.test[top].mean(0), len(top)),
+    ]
+    return pd.DataFrame(
+        [{"model": name, "valid": _score(metric, lib.y_valid, pv), "test": _score(metric, lib.y_test, pt), "members": n}
+         for name, pv, pt, n in rows]).set_index("model")
+
+
+def _weights_png(names: list[str], weights: np.ndarray):
+    def write(path):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        idx = np.flatnonzero(weights > 0)
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(idx) + 1.2))
+        ax.barh([names[i] for i in idx], weights[idx])
+        ax.set_xlabel("weight")
+        ax.set_title("ensemble members")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    return write
+
+
+def build_ensemble(uri: str, experiment: str, *, method: str = "selection", size: int = 20,
+                   metric: str = "mAP", top_k: int = 5, progress: bool = True, **method_kwargs) -> EnsembleReport:
+    """Fit on valid only; test is scored and reported, never used for a choice."""
+    lib = collect(uri, experiment, progress=progress)
+    kwargs = dict(method_kwargs)
+    if method in ("selection", "bagged_selection", "per_class_selection"):
+        kwargs.setdefault("size", size)
+    fitted = fit_method(method, lib.valid, lib.y_valid, metric=metric, **kwargs)
+    valid_pred = fitted.predict(lib.valid)
+    thresholds = fit_thresholds(lib.y_valid, valid_pred)
+    table = compare(lib, fitted, metric, top_k)
+    c = tracking.client(uri)
+    exp_id = tracking.ensure_experiment(uri, experiment)
+    run = tracking.retry(lambda: c.create_run(exp_id, run_name=f"{experiment}-{method}",
+                                              tags={tracking.KIND_TAG: "ensemble", "harmonia.method": method}))
+    rid = run.info.run_id
+    weights = _member_weights(fitted)
+    members = [{"run_id": lib.run_ids[i], "run_name": lib.run_names[i], "weight": float(weights[i])}
+               for i in np.flatnonzero(weights > 0)]
+    tracking.log_params(c, rid, {"method": method, "size": size, "metric": metric, "library_size": len(lib.run_ids),
+                                 "members": ",".join(m["run_id"] for m in members)})
+    metrics = {}
+    for model, row in table.iterrows():
+        key = model.replace(" ", "_")
+        metrics[f"{key}_valid_{metric}"] = row["valid"]
+        if np.isfinite(row["test"]):
+            metrics[f"{key}_test_{metric}"] = row["test"]
+    metrics.update({f"valid_{metric}": table.loc["ensemble", "valid"], "members": float(len(members))})
+    if np.isfinite(table.loc["ensemble", "test"]):
+        metrics[f"test_{metric}"] = table.loc["ensemble", "test"]
+    tracking.log_metrics(c, rid, metrics, step=0)
+    spec = {
+        "format": "harmonia.ensemble/1", "method": method, "metric": metric, "classes": lib.classes,
+        "library": lib.run_ids, "members": members, "fitted": fitted.to_dict(),
+        "thresholds": thresholds.tolist(),
+        "scores": {m: {"valid": float(r["valid"]), "test": float(r["test"])} for m, r in table.iterrows()},
+    }
+    tracking.log_files(c, rid, {
+        "ensemble.json": tracking.json_bytes(spec),
+        "comparison.csv": table.to_csv().encode(),
+        "weights.png": _weights_png(lib.run_names, weights),
+    })
+    tracking.retry(lambda: c.set_terminated(rid, "FINISHED"))
+    return EnsembleReport(rid, method, metric, fitted, lib, thresholds, table)

@@ -1,0 +1,149 @@
+"""Build and run the Tuner: OptunaSearch (TPE) over the composed space, ASHA over epochs, MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harmonia import tracking
+from harmonia.config import HarmoniaConfig
+from harmonia.featureset import FeatureSet, prepare
+from harmonia.progress import console, progress_bar
+from harmonia.search.callbacks import MlflowRunCloser, ProgressCallback
+from harmonia.search.cluster import connect
+from harmonia.spaces import define_by_run, validate_overrides
+from harmonia.trainables.trial import TrialContext, harmonia_trial
+
+SEARCH_STATE = "harmonia_search.json"
+
+
+@dataclass
+class SearchResult:
+    name: str
+    experiment_id: str
+    search_run_id: str
+    path: str
+    trials: pd.DataFrame  # one row per trial: trial_id, status, score, epochs, run_id, params
+
+
+def _log_labels(c, run_id: str, fs: FeatureSet) -> None:
+    """Targets of valid and test on the search run, so the ensemble stage needs only MLflow."""
+    files = {}
+    for split in ("valid", "test"):
+        if split in fs.splits:
+            df = tracking.predictions_frame(fs.splits[split].clip_ids, fs.splits[split].y, fs.classes)
+            files[f"labels/{split}.parquet"] = lambda p, df=df: df.to_parquet(p, index=False)
+    tracking.log_files(c, run_id, files)
+
+
+def _search_run(cfg: HarmoniaConfig, exp_id: str, fs: FeatureSet, state_file: Path, resume: bool) -> str:
+    c = tracking.client(cfg.tracking.uri)
+    if resume and state_file.is_file():
+        run_id = json.loads(state_file.read_text())["search_run_id"]
+        tracking.retry(lambda: c.update_run(run_id, status="RUNNING"))
+        return run_id
+    run = tracking.retry(lambda: c.create_run(exp_id, run_name=f"{cfg.name}-search",
+                                              tags={tracking.KIND_TAG: "search"}))
+    tracking.log_params(c, run.info.run_id, cfg.model_dump(exclude={"tracking"}))
+    _log_labels(c, run.info.run_id, fs)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"search_run_id": run.info.run_id, "experiment_id": exp_id}))
+    return run.info.run_id
+
+
+def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callbacks: list, resume: bool):
+    """A new Tuner, or the one restored from `storage_path/name` when resuming."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = cfg.search
+    trainable = tune.with_resources(tune.with_parameters(harmonia_trial, data=fs, ctx=ctx),
+                                    {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+    path = str(Path(s.storage_path) / cfg.name)
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise FileNotFoundError(f"{path}: no search to resume here")
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    searcher = OptunaSearch(space=define_by_run(cfg.space),
+                            sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=max(2, s.num_samples // 3)))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.max_epochs,
+                              grace_period=min(s.grace_period, s.max_epochs), reduction_factor=s.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=f"valid_{s.metric}", mode="max", search_alg=searcher,
+                                    scheduler=scheduler, num_samples=s.num_samples,
+                                    max_concurrent_trials=s.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=s.storage_path, verbose=0,
+                                  callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = True) -> SearchResult:
+    """The whole search stage; `cfg` must be resolved (absolute paths)."""
+    validate_overrides(cfg.space)
+    tracking.check_reachable(cfg.tracking.uri)
+    connect(cfg.search.address)
+    _, fs = prepare(cfg, progress=progress)
+    exp_id = tracking.ensure_experiment(cfg.tracking.uri, cfg.name, cfg.tracking.artifacts)
+    path = Path(cfg.search.storage_path) / cfg.name
+    search_run_id = _search_run(cfg, exp_id, fs, path / SEARCH_STATE, resume)
+    s = cfg.search
+    ctx = TrialContext(cfg.tracking.uri, exp_id, search_run_id, s.max_epochs, cfg.train.patience,
+                       s.metric, cfg.train.seed, max(1, int(s.resources.cpu)))
+    c = tracking.client(cfg.tracking.uri)
+    status = "FAILED"
+    try:
+        with progress_bar(f"search {cfg.name}", s.num_samples, enabled=progress) as advance:
+            callbacks = [MlflowRunCloser(cfg.tracking.uri, exp_id), ProgressCallback(s.num_samples, s.metric, advance)]
+            tuner = build_tuner(cfg, fs, ctx, callbacks, resume)
+            results = tuner.fit()
+        status = "FINISHED"
+    finally:
+        tracking.retry(lambda: c.set_terminated(search_run_id, status))
+    table = trials_table(results, s.metric)
+    if len(table):
+        best = table.iloc[0]
+        tracking.log_metrics(c, search_run_id, {f"best_valid_{s.metric}": float(best["score"])}, step=0)
+    return SearchResult(cfg.name, exp_id, search_run_id, str(path), table)
+
+
+def trials_table(results, metric: str) -> pd.DataFrame:
+    """One row per trial, best first: id, status, best valid score, epochs, MLflow run id, params."""
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        rows.append({
+            "trial_id": m.get("trial_id", ""),
+            "status": "ERROR" if r.error else "TERMINATED",
+            "score": m.get("best_valid_score", float("nan")),
+            "epochs": m.get("training_iteration", 0),
+            "run_id": m.get("mlflow_run_id", ""),
+            "arch": (r.config or {}).get("arch", ""),
+            "params": {k: v for k, v in (r.config or {}).items()},
+        })
+    df = pd.DataFrame(rows)
+    return df.sort_values("score", ascending=False, na_position="last").reset_index(drop=True) if len(df) else df
+
+
+def print_trials(table: pd.DataFrame, metric: str, top: int = 10) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"top trials by valid {metric}")
+    for col in ("trial", "status", f"valid {metric}", "epochs", "params", "MLflow run"):
+        t.add_column(col)
+    for _, r in table.head(top).iterrows():
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(r["params"].items()))
+        t.add_row(r["trial_id"], r["status"], f"{r['score']:.4f}", str(int(r["epochs"])), params, r["run_id"][:12])
+    console.print(t)
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,67 @@
+"""The define-by-run function OptunaSearch samples: architecture + training + augmentations."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from harmonia.spaces.architectures import ARCHITECTURE_SPACES
+from harmonia.spaces.augmentations import AUGMENTATION_SPACES
+from harmonia.spaces.core import RecordingTrial, Space, SpaceError
+
+
+def training_space(s: Space) -> None:
+    s.float("lr", 3e-4, 3e-3, log=True)
+    s.categorical("batch_size", [16, 32, 64])
+
+
+def define_by_run(overrides: dict[str, Any] | None = None) -> Callable[[Any], dict[str, Any]]:
+    """A function of an optuna.Trial, as `OptunaSearch(space=...)` takes it; returns the constants."""
+    overrides = dict(overrides or {})
+
+    def space(trial) -> dict[str, Any]:
+        s = Space(trial, overrides)
+        arch = s.categorical("arch", sorted(ARCHITECTURE_SPACES))
+        ARCHITECTURE_SPACES[arch](s)
+        training_space(s)
+        for name in sorted(AUGMENTATION_SPACES):
+            if s.bool(f"aug.{name}"):
+                AUGMENTATION_SPACES[name](s)
+        return s.constants
+
+    return space
+
+
+def parameter_names() -> dict[str, list[str]]:
+    """Every parameter a space can suggest, grouped by the part that owns it."""
+    parts: dict[str, list[str]] = {"search": ["arch"]}
+    for group, registry in (("architecture", ARCHITECTURE_SPACES), ("augmentation", AUGMENTATION_SPACES)):
+        for name, fn in registry.items():
+            s = Space(RecordingTrial())
+            fn(s)
+            parts[f"{group} {name}"] = (["aug." + name] if group == "augmentation" else []) + s.seen
+    s = Space(RecordingTrial())
+    training_space(s)
+    parts["training"] = s.seen
+    return parts
+
+
+def validate_overrides(overrides: dict[str, Any]) -> None:
+    """Unknown names, empty choices and inverted ranges raise SpaceError before any trial starts."""
+    valid = sorted({n for names in parameter_names().values() for n in names})
+    for key in overrides:
+        if key not in valid:
+            raise SpaceError(f"space.{key}: unknown parameter; valid: {', '.join(valid)}")
+    arch = overrides.get("arch")
+    if arch is not None:
+        for a in arch if isinstance(arch, list) else [arch]:
+            if a not in ARCHITECTURE_SPACES:
+                raise SpaceError(f"space.arch: unknown architecture {a!r}; valid: {', '.join(sorted(ARCHITECTURE_SPACES))}")
+    # Walk every branch once with a recorder so each override's form is checked.
+    for arch_name in ARCHITECTURE_SPACES:
+        s = Space(RecordingTrial(), overrides)
+        ARCHITECTURE_SPACES[arch_name](s)
+    s = Space(RecordingTrial(), overrides)
+    training_space(s)
+    for name, fn in AUGMENTATION_SPACES.items():
+        s.bool(f"aug.{name}")
+        fn(s)

@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import optuna
+import pytest
+
+from harmonia.config import ConfigError, load_config, parse_config
+from harmonia.spaces import SpaceError, define_by_run, parameter_names, validate_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_config_loads():
+    cfg = load_config(ROOT / "configs/quickstart.yaml")
+    assert cfg.name == "quickstart" and cfg.data.root == "data/synth"
+    assert cfg.tracking.uri == "sqlite:///mlruns.db"
+
+
+def test_relative_paths_resolve_against_the_run_directory(tmp_path):
+    cfg = parse_config({}).resolved(tmp_path)
+    assert cfg.data.root == str(tmp_path / "data/synth")
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
+    assert cfg.search.storage_path == str(tmp_path / "ray_results")
+
+
+def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("search:\n  num_sample: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "search.num_sample" in str(e.value) and "num_samples" in str(e.value) and str(p) in str(e.value)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("search:\n  num_samples: many\n")
+    with pytest.raises(ConfigError, match="search.num_samples"):
+        load_config(p)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\nsearch: [1, 2\n")
+    with pytest.raises(ConfigError, match=rf"{p}:\d+"):
+        load_config(p)
+
+
+def _sample(overrides, n=20):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = define_by_run(overrides)
+    out = []
+    for _ in range(n):
+        t = study.ask()
+        consts = fn(t)
+        out.append({**t.params, **consts})
+        study.tell(t, 0.0)
+    return out
+
+
+def test_space_samples_conditional_augmentation_params():
+    samples = _sample({})
+    assert any(s["aug.mixup"] for s in samples) and any(not s["aug.mixup"] for s in samples)
+    for s in samples:
+        assert ("mixup.alpha" in s) == s["aug.mixup"]
+        assert ("tid.p" in s) == s["aug.tid"]
+        assert 2 <= s["crnn.blocks"] <= 4
+
+
+def test_overrides_fix_restrict_and_move_ranges():
+    samples = _sample({"crnn.pooling": "attention", "batch_size": [16], "lr": {"low": 1e-3, "high": 2e-3},
+                       "aug.mixup": True})
+    for s in samples:
+        assert s["crnn.pooling"] == "attention" and s["batch_size"] == 16 and 1e-3 <= s["lr"] <= 2e-3
+        assert s["aug.mixup"] is True and "mixup.alpha" in s
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"crnn.blockz": 3}, "crnn.blockz.*valid:.*crnn.blocks"),
+    ({"batch_size": []}, "batch_size: empty choice list"),
+    ({"lr": {"low": 1e-2, "high": 1e-3}}, "lr: inverted"),
+    ({"arch": ["transformer"]}, "unknown architecture 'transformer'"),
+    ({"crnn.pooling": "median"}, "crnn.pooling"),
+])
+def test_bad_overrides_are_rejected_by_name(overrides, match):
+    with pytest.raises(SpaceError, match=match):
+        validate_overrides(overrides)
+
+
+def test_parameter_names_cover_every_part():
+    names = {n for ns in parameter_names().values() for n in ns}
+    assert {"arch", "crnn.blocks", "lr", "aug.mixup", "mixup.alpha", "aug.tid", "tid.p"} <= names

@@ -1,0 +1,131 @@
+"""Architecture registry and the CRNN family: conv blocks + BGRU + frame classifier + clip pooling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+ModelOutput = tuple[torch.Tensor, torch.Tensor]
+"""(clip probabilities [B, C], frame probabilities [B, T', C]) from every architecture."""
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    name: str
+    config_type: type
+    build: Callable[..., nn.Module]
+    tasks: tuple[str, ...]
+
+
+ARCHITECTURES: dict[str, ArchitectureSpec] = {}
+
+
+def register_architecture(name: str, config_type: type, tasks: tuple[str, ...] = ("tagging", "sed")):
+    """Register `build(cfg, n_mels, n_classes) -> nn.Module` under `name`."""
+
+    def deco(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        ARCHITECTURES[name] = ArchitectureSpec(name, config_type, build, tasks)
+        return build
+
+    return deco
+
+
+def build_model(name: str, params: dict, n_mels: int, n_classes: int) -> nn.Module:
+    """Build a registered architecture from flat params (`<name>.<field>` keys or bare field names)."""
+    if name not in ARCHITECTURES:
+        raise KeyError(f"unknown architecture {name!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
+    spec = ARCHITECTURES[name]
+    return spec.build(arch_config(name, params), n_mels, n_classes)
+
+
+def arch_config(name: str, params: dict):
+    """The architecture's config object from flat trial params, ignoring keys of other parts."""
+    spec = ARCHITECTURES[name]
+    prefix = f"{name}."
+    kwargs = {}
+    for f in fields(spec.config_type):
+        if prefix + f.name in params:
+            kwargs[f.name] = params[prefix + f.name]
+    return spec.config_type(**kwargs)
+
+
+class ClipPooling(nn.Module):
+    """Frame probabilities → clip probabilities by max (CRMP), average (CRAP) or attention.
+
+    CRMP/CRAP: crnn_ctc_sequential_labels.txt §1.3; attention: clip = Σ_t O(t)·Z(t) / Σ_t Z(t)
+    with Z a per-class softmax over time (gated_crnn_attention_dcase2017.txt §3).
+    """
+
+    def __init__(self, kind: Literal["max", "avg", "attention"], hidden: int, n_classes: int):
+        super().__init__()
+        self.kind = kind
+        self.localization = nn.Linear(hidden, n_classes) if kind == "attention" else None
+
+    def forward(self, frame_probs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        if self.kind == "max":
+            return frame_probs.max(dim=1).values
+        if self.kind == "avg":
+            return frame_probs.mean(dim=1)
+        z = torch.softmax(self.localization(hidden), dim=1)  # [B, T, C], sums to 1 over time
+        return (frame_probs * z).sum(dim=1).clamp(1e-7, 1 - 1e-7)
+
+
+def conv_block(c_in: int, c_out: int, pool: tuple[int, int], dropout: float) -> nn.Sequential:
+    """3×3 conv, batch norm, ReLU, max-pool, dropout (crnn_ctc_sequential_labels.txt §1.3)."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(pool),
+        nn.Dropout(dropout),
+    )
+
+
+@dataclass(frozen=True)
+class CRNNConfig:
+    """Blocks double channels from `channels` up to 4×; frequency is pooled by 2 per block."""
+
+    blocks: int = 3
+    channels: int = 32
+    gru_size: int = 64
+    dropout: float = 0.2
+    pooling: Literal["max", "avg", "attention"] = "attention"
+    time_pool: int = 2
+
+
+class CRNN(nn.Module):
+    """CRNN baseline / CRMP / CRAP / attention: conv blocks with BN, BGRU, frame-level sigmoid classifier.
+
+    crnn_ctc_sequential_labels.txt §1.3 (Fig. 1.2) and gated_crnn_attention_dcase2017.txt §3.
+    Time is pooled once by `time_pool` in the first block; the frame hop is hop × time_pool.
+    """
+
+    def __init__(self, cfg: CRNNConfig, n_mels: int, n_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        layers, c_in, f = [], 1, n_mels
+        for i in range(cfg.blocks):
+            c_out = cfg.channels * min(2**i, 4)
+            pool = (cfg.time_pool if i == 0 else 1, 2 if f >= 2 else 1)
+            layers.append(conv_block(c_in, c_out, pool, cfg.dropout))
+            c_in, f = c_out, f // pool[1]
+        self.convs = nn.Sequential(*layers)
+        self.gru = nn.GRU(c_in * f, cfg.gru_size, batch_first=True, bidirectional=True)
+        self.classifier = nn.Linear(2 * cfg.gru_size, n_classes)
+        self.pool = ClipPooling(cfg.pooling, 2 * cfg.gru_size, n_classes)
+        self.time_pool = cfg.time_pool
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        h = self.convs(x.unsqueeze(1))  # [B, ch, T', F']
+        b, ch, t, f = h.shape
+        h, _ = self.gru(h.permute(0, 2, 1, 3).reshape(b, t, ch * f))
+        frames = torch.sigmoid(self.classifier(h))
+        return self.pool(frames, h), frames
+
+
+@register_architecture("crnn", CRNNConfig)
+def build_crnn(cfg: CRNNConfig, n_mels: int, n_classes: int) -> nn.Module:
+    return CRNN(cfg, n_mels, n_classes)

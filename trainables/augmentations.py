@@ -1,0 +1,136 @@
+"""Batch augmentations on normalized features, registered by name with a small config each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Features [B, T, F], clip targets [B, C], optional frame targets [B, T, C]."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    y_frames: torch.Tensor | None = None
+
+
+class Augmentation(Protocol):
+    def __call__(self, batch: Batch, gen: torch.Generator) -> Batch: ...
+
+
+@dataclass(frozen=True)
+class AugmentationSpec:
+    name: str
+    config_type: type
+    build: Callable[[object], Augmentation]
+
+
+AUGMENTATIONS: dict[str, AugmentationSpec] = {}
+
+
+def register_augmentation(name: str, config_type: type):
+    """Register `build(cfg) -> Augmentation`; its params are `<name>.<field>` in a trial config."""
+
+    def deco(build):
+        AUGMENTATIONS[name] = AugmentationSpec(name, config_type, build)
+        return build
+
+    return deco
+
+
+def build_augmentations(params: dict) -> list[Augmentation]:
+    """The augmentations switched on in flat trial params (`aug.<name>: True` plus `<name>.<field>`)."""
+    chosen = []
+    for name, spec in AUGMENTATIONS.items():
+        if not params.get(f"aug.{name}", False):
+            continue
+        kwargs = {f.name: params[f"{name}.{f.name}"] for f in fields(spec.config_type) if f"{name}.{f.name}" in params}
+        chosen.append(spec.build(spec.config_type(**kwargs)))
+    return chosen
+
+
+def _beta(alpha: float, gen: torch.Generator) -> float:
+    """λ ~ Beta(α, α) drawn from `gen` (two gammas), so augmentation is reproducible per trial seed."""
+    a = torch._standard_gamma(torch.full((2,), float(alpha)), generator=gen)
+    return float(a[0] / a.sum())
+
+
+@dataclass(frozen=True)
+class MixupConfig:
+    alpha: float = 0.4
+
+
+class Mixup:
+    """x = λ xi + (1-λ) xj and y = λ yi + (1-λ) yj, λ ~ Beta(α, α), j a permutation of the batch.
+
+    sample_mixed_augmentation_crnn.txt §3.1.
+    """
+
+    def __init__(self, cfg: MixupConfig):
+        if cfg.alpha <= 0:
+            raise ValueError(f"mixup.alpha must be > 0, got {cfg.alpha}")
+        self.alpha = cfg.alpha
+
+    def __call__(self, batch: Batch, gen: torch.Generator) -> Batch:
+        lam = _beta(self.alpha, gen)
+        perm = torch.randperm(batch.x.shape[0], generator=gen)
+        mix = lambda t: None if t is None else lam * t + (1 - lam) * t[perm]  # noqa: E731
+        return Batch(mix(batch.x), mix(batch.y), mix(batch.y_frames))
+
+
+@register_augmentation("mixup", MixupConfig)
+def build_mixup(cfg: MixupConfig) -> Augmentation:
+    return Mixup(cfg)
+
+
+@dataclass(frozen=True)
+class TimeIntervalDropoutConfig:
+    p: float = 0.3
+    max_span: float = 0.25
+
+
+class TimeIntervalDropout:
+    """With probability p, skip a random span of frames at a random position, as when reading audio.
+
+    The rest of the clip moves forward and the end is filled with the clip's minimum (silence), so
+    the length is kept; frame targets move with it. Proceedings L13679–13685 (30 % chance, span up to
+    a chunk); `max_span` is the longest span as a fraction of the clip.
+    """
+
+    def __init__(self, cfg: TimeIntervalDropoutConfig):
+        if not 0 <= cfg.p <= 1 or not 0 < cfg.max_span < 1:
+            raise ValueError(f"tid.p must be in [0, 1] and tid.max_span in (0, 1), got {cfg}")
+        self.cfg = cfg
+
+    def __call__(self, batch: Batch, gen: torch.Generator) -> Batch:
+        x, yf = batch.x.clone(), None if batch.y_frames is None else batch.y_frames.clone()
+        t = x.shape[1]
+        apply = torch.rand(x.shape[0], generator=gen) < self.cfg.p
+        for i in torch.nonzero(apply).flatten().tolist():
+            span = int(torch.randint(1, max(2, int(self.cfg.max_span * t) + 1), (1,), generator=gen))
+            start = int(torch.randint(0, t - span + 1, (1,), generator=gen))
+            x[i] = drop_span(x[i], start, span, fill=float(x[i].min()))
+            if yf is not None:
+                frame_start, frame_span = _scale_span(start, span, t, yf.shape[1])
+                yf[i] = drop_span(yf[i], frame_start, frame_span, fill=0.0)
+        return replace(batch, x=x, y_frames=yf)
+
+
+def _scale_span(start: int, span: int, t: int, t_out: int) -> tuple[int, int]:
+    r = t_out / t
+    return int(start * r), max(1, int(round(span * r)))
+
+
+def drop_span(a: torch.Tensor, start: int, span: int, fill: float) -> torch.Tensor:
+    """`a` [T, ...] without rows start..start+span, padded at the end to length T with `fill`."""
+    rest = torch.cat([a[:start], a[start + span:]])
+    pad = a.new_full((a.shape[0] - rest.shape[0], *a.shape[1:]), fill)
+    return torch.cat([rest, pad])
+
+
+@register_augmentation("tid", TimeIntervalDropoutConfig)
+def build_time_interval_dropout(cfg: TimeIntervalDropoutConfig) -> Augmentation:
+    return TimeIntervalDropout(cfg)

@@ -1,0 +1,159 @@
+"""The training loop a trial runs: plain PyTorch over a FeatureSet, one `run_epoch` at a time."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from harmonia.featureset import FeatureSet
+from harmonia.metrics import f1_micro, mean_average_precision, roc_auc_macro
+from harmonia.trainables.architectures import build_model
+from harmonia.trainables.augmentations import Batch, build_augmentations
+
+SCORE_METRICS = {"mAP": mean_average_precision, "auc": roc_auc_macro, "f1": f1_micro}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the trial fails with this reason."""
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    metrics: dict[str, float]
+    improved: bool
+    done: bool
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate(y: np.ndarray, probs: np.ndarray, prefix: str) -> dict[str, float]:
+    """Clip-level scores of one split: mAP, macro ROC AUC, micro F1 at 0.5, BCE loss."""
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    bce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    out = {f"{prefix}_{k}": float(fn(y, probs)) for k, fn in SCORE_METRICS.items()}
+    out[f"{prefix}_loss"] = bce
+    return out
+
+
+class Trainer:
+    """Adam + BCE on clip outputs, early stopping on a valid metric; state round-trips for checkpoints.
+
+    `params` are a trial's flat params: `arch`, `lr`, `batch_size`, `<arch>.<field>`, `aug.<name>`, ...
+    """
+
+    def __init__(self, params: dict, data: FeatureSet, *, max_epochs: int, patience: int,
+                 metric: str = "mAP", seed: int = 0, device: torch.device | None = None):
+        self.params, self.data = params, data
+        self.max_epochs, self.patience, self.metric = max_epochs, patience, metric
+        self.device = device or pick_device()
+        torch.manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.model = build_model(params["arch"], params, data.n_mels, len(data.classes)).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(params.get("lr", 1e-3)),
+                                          weight_decay=float(params.get("weight_decay", 0.0)))
+        self.augmentations = build_augmentations(params)
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.epoch = 0
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] = copy.deepcopy(self.model.state_dict())
+        self.bad_epochs = 0
+        self.last_valid: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.max_epochs or self.bad_epochs >= self.patience
+
+    def train_epoch(self) -> float:
+        split = self.data.splits["train"]
+        x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
+        bs = int(self.params.get("batch_size", 32))
+        order = torch.randperm(len(x), generator=self.gen)
+        self.model.train()
+        total, count = 0.0, 0
+        for start in range(0, len(x), bs):
+            idx = order[start:start + bs]
+            if len(idx) < 2:
+                continue  # batch norm needs two samples
+            batch = Batch(x[idx], y[idx])
+            for aug in self.augmentations:
+                batch = aug(batch, self.gen)
+            xb, yb = batch.x.to(self.device), batch.y.to(self.device)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                clip, _ = self.model(xb)
+            loss = nn.functional.binary_cross_entropy(clip.float().clamp(1e-7, 1 - 1e-7), yb)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.epoch + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += float(loss) * len(idx)
+            count += len(idx)
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def predict(self, split: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Clip [N, C] and frame [N, T', C] probabilities of a split with the current weights."""
+        self.model.eval()
+        x = torch.from_numpy(self.data.splits[split].x)
+        clips, frames = [], []
+        for start in range(0, len(x), batch_size):
+            with torch.autocast(self.device.type, enabled=self.amp):
+                c, f = self.model(x[start:start + batch_size].to(self.device))
+            clips.append(c.float().cpu())
+            frames.append(f.float().cpu())
+        return torch.cat(clips).numpy(), torch.cat(frames).numpy()
+
+    def run_epoch(self) -> EpochResult:
+        train_loss = self.train_epoch()
+        self.epoch += 1
+        probs, frames = self.predict("valid")
+        self.last_valid = (probs, frames)
+        metrics = {"train_loss": train_loss, **evaluate(self.data.splits["valid"].y, probs, "valid")}
+        if not math.isfinite(metrics["valid_loss"]):
+            raise NonFiniteLossError(f"valid loss became {metrics['valid_loss']} at epoch {self.epoch}")
+        score = metrics[f"valid_{self.metric}"]
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.bad_epochs += 1
+        metrics.update(best_valid_score=self.best_score, best_epoch=float(self.best_epoch))
+        return EpochResult(self.epoch, metrics, improved, self.done)
+
+    def best_model(self) -> nn.Module:
+        """A copy of the model with the weights of the best valid epoch."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.best_state)
+        return model.eval()
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best_state": self.best_state,
+            "rng": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "counters": torch.tensor([self.epoch, self.best_epoch, self.bad_epochs], dtype=torch.long),
+            "best_score": torch.tensor(self.best_score, dtype=torch.float64),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best_state = state["best_state"]
+        self.gen.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.best_epoch, self.bad_epochs = (int(v) for v in state["counters"])
+        self.best_score = float(state["best_score"])

@@ -1,0 +1,138 @@
+"""The Ray Tune function a trial runs: Trainer + one MLflow run + a checkpoint per epoch."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save as save_safetensors
+
+from harmonia import tracking
+from harmonia.featureset import FeatureSet
+from harmonia.trainables.training import Trainer
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What the driver passes to every trial besides the sampled params (small, picklable)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None
+    max_epochs: int
+    patience: int
+    metric: str
+    seed: int
+    num_threads: int
+
+
+def member_config(params: dict, data: FeatureSet, best_epoch: int) -> dict:
+    """config.json of a trained model: everything needed to rebuild and run it on new audio."""
+    return {
+        "format": "harmonia.member/1",
+        "params": params,
+        "classes": data.classes,
+        "feature": data.feature,
+        "normalization": data.normalizer.to_dict(),
+        "frames": data.frames,
+        "best_epoch": best_epoch,
+    }
+
+
+def _write_parquet(df):
+    return lambda path: df.to_parquet(path, index=False)
+
+
+def _frames_npz(ids: list[str], frames: np.ndarray, hop: float) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, clip_id=np.asarray(ids, dtype=str), probs=frames.astype(np.float16), hop_seconds=hop)
+    return buf.getvalue()
+
+
+def log_best(c, run_id: str, trainer: Trainer) -> None:
+    """Weights, config and valid/test predictions of the best epoch so far, as run artifacts."""
+    data = trainer.data
+    test_probs, test_frames = trainer.predict("test") if "test" in data.splits else (None, None)
+    valid_probs, valid_frames = trainer.last_valid
+    hop = data.hop_seconds * getattr(trainer.model, "time_pool", 1)
+    files = {
+        "model/model.safetensors": save_safetensors({k: v.detach().cpu().contiguous() for k, v in trainer.best_state.items()}),
+        "model/config.json": tracking.json_bytes(member_config(trainer.params, data, trainer.best_epoch)),
+        "predictions/valid.parquet": _write_parquet(
+            tracking.predictions_frame(data.splits["valid"].clip_ids, valid_probs, data.classes)),
+        "predictions/valid_frames.npz": _frames_npz(data.splits["valid"].clip_ids, valid_frames, hop),
+    }
+    if test_probs is not None:
+        files["predictions/test.parquet"] = _write_parquet(
+            tracking.predictions_frame(data.splits["test"].clip_ids, test_probs, data.classes))
+        files["predictions/test_frames.npz"] = _frames_npz(data.splits["test"].clip_ids, test_frames, hop)
+    tracking.log_files(c, run_id, files)
+
+
+def start_run(c, ctx: TrialContext, params: dict, run_id: str | None) -> str:
+    """The trial's MLflow run: a new one, or the one a restored checkpoint names (set RUNNING again)."""
+    from ray import tune
+    import ray
+
+    tctx = tune.get_context()
+    if run_id is not None:
+        tracking.retry(lambda: c.update_run(run_id, status="RUNNING"))
+        return run_id
+    tags = {
+        tracking.KIND_TAG: "trial",
+        tracking.TRIAL_ID_TAG: tctx.get_trial_id(),
+        "harmonia.trial_name": tctx.get_trial_name(),
+        tracking.NODE_TAG: ray.get_runtime_context().get_node_id(),
+    }
+    if ctx.parent_run_id:
+        tags[tracking.PARENT_TAG] = ctx.parent_run_id
+    run = tracking.retry(lambda: c.create_run(ctx.experiment_id, run_name=tctx.get_trial_name(), tags=tags))
+    tracking.log_params(c, run.info.run_id, params)
+    return run.info.run_id
+
+
+def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
+    """Train one sampled config; report once per epoch with a checkpoint that a restored trial resumes.
+
+    The run's artifacts are logged whenever valid improves and the run is ended before the final
+    report, because code after a report that ASHA stops never runs (STACK.md, MLflow).
+    """
+    from ray import tune
+
+    torch.set_num_threads(ctx.num_threads)
+    c = tracking.client(ctx.tracking_uri)
+    params = dict(config)
+    trainer = Trainer(params, data, max_epochs=ctx.max_epochs, patience=ctx.patience,
+                      metric=ctx.metric, seed=ctx.seed + int(params.get("seed", 0)))
+    run_id = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load_state_dict(torch.load(Path(d) / STATE_FILE, weights_only=True))
+            run_id = json.loads((Path(d) / META_FILE).read_text())["run_id"]
+    run_id = start_run(c, ctx, params, run_id)
+    try:
+        while not trainer.done:
+            result = trainer.run_epoch()
+            tracking.log_metrics(c, run_id, result.metrics, step=result.epoch)
+            if result.improved:
+                log_best(c, run_id, trainer)
+            if result.done:
+                tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(trainer.state_dict(), Path(d) / STATE_FILE)
+                (Path(d) / META_FILE).write_text(json.dumps({"run_id": run_id, "epoch": result.epoch}))
+                tune.report({**result.metrics, "epoch": result.epoch, "mlflow_run_id": run_id},
+                            checkpoint=tune.Checkpoint.from_directory(d))
+    except Exception as err:
+        tracking.retry(lambda: c.set_tag(run_id, "harmonia.error", f"{type(err).__name__}: {err}"[:5000]))
+        tracking.retry(lambda: c.set_terminated(run_id, "FAILED"))
+        raise
