@@ -70,13 +70,14 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
         if not tune.Tuner.can_restore(path):
             raise FileNotFoundError(f"{path}: no search to resume here")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    searcher = OptunaSearch(space=define_by_run(cfg.space),
+    metric = f"valid_{s.metric}"
+    searcher = OptunaSearch(space=define_by_run(cfg.space), metric=metric, mode="max",
                             sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=max(2, s.num_samples // 3)))
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.max_epochs,
+    scheduler = ASHAScheduler(metric=metric, mode="max", time_attr="training_iteration", max_t=s.max_epochs,
                               grace_period=min(s.grace_period, s.max_epochs), reduction_factor=s.reduction_factor)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(metric=f"valid_{s.metric}", mode="max", search_alg=searcher,
+        tune_config=tune.TuneConfig(search_alg=searcher,
                                     scheduler=scheduler, num_samples=s.num_samples,
                                     max_concurrent_trials=s.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=cfg.name, storage_path=s.storage_path, verbose=0,

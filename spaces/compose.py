@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from harmonia.spaces.architectures import ARCHITECTURE_SPACES
 from harmonia.spaces.augmentations import AUGMENTATION_SPACES
@@ -10,16 +10,21 @@ from harmonia.spaces.core import RecordingTrial, Space, SpaceError
 
 
 def training_space(s: Space) -> None:
-    s.float("lr", 3e-4, 3e-3, log=True)
+    s.float("lr", 1e-3, 1e-2, log=True)
     s.categorical("batch_size", [16, 32, 64])
 
 
-def define_by_run(overrides: dict[str, Any] | None = None) -> Callable[[Any], dict[str, Any]]:
-    """A function of an optuna.Trial, as `OptunaSearch(space=...)` takes it; returns the constants."""
-    overrides = dict(overrides or {})
+class DefineByRun:
+    """The function of an optuna.Trial that `OptunaSearch(space=...)` takes; returns the constants.
 
-    def space(trial) -> dict[str, Any]:
-        s = Space(trial, overrides)
+    A class rather than a closure so that Tune can pickle the searcher state for resume.
+    """
+
+    def __init__(self, overrides: dict[str, Any] | None = None):
+        self.overrides = dict(overrides or {})
+
+    def __call__(self, trial) -> dict[str, Any]:
+        s = Space(trial, self.overrides)
         arch = s.categorical("arch", sorted(ARCHITECTURE_SPACES))
         ARCHITECTURE_SPACES[arch](s)
         training_space(s)
@@ -28,7 +33,9 @@ def define_by_run(overrides: dict[str, Any] | None = None) -> Callable[[Any], di
                 AUGMENTATION_SPACES[name](s)
         return s.constants
 
-    return space
+
+def define_by_run(overrides: dict[str, Any] | None = None) -> DefineByRun:
+    return DefineByRun(overrides)
 
 
 def parameter_names() -> dict[str, list[str]]:

@@ -97,7 +97,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             count += len(idx)
         return total / max(count, 1)
 

@@ -1,0 +1,120 @@
+"""The main path on real parts: synth → Ray Tune + Optuna → MLflow → ensemble → export → predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harmonia import tracking
+from harmonia.datasets import load_dataset
+
+
+def _trial_runs(cfg):
+    c = tracking.client(cfg.tracking.uri)
+    exp = c.get_experiment_by_name(cfg.name)
+    return c, c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'trial'")
+
+
+def test_search_logs_four_finished_trials_with_predictions(searched, tmp_path):
+    cfg, result = searched
+    c, runs = _trial_runs(cfg)
+    assert len(runs) == 4
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len(result.trials) == 4 and (result.trials["status"] == "TERMINATED").all()
+    ds = load_dataset(cfg.data.root)
+    for run in runs:
+        assert run.data.tags[tracking.TRIAL_ID_TAG]
+        assert run.data.params["arch"] == "crnn" and "lr" in run.data.params
+        assert run.data.tags["mlflow.parentRunId"] == result.search_run_id
+        history = c.get_metric_history(run.info.run_id, "valid_mAP")
+        assert 1 <= len(history) <= cfg.search.max_epochs
+        for split in ("valid", "test"):
+            path = c.download_artifacts(run.info.run_id, f"predictions/{split}.parquet", str(tmp_path))
+            df = pd.read_parquet(path)
+            assert list(df.columns) == ["clip_id", *ds.classes]
+            assert df["clip_id"].dtype == "string" or df["clip_id"].dtype == object
+            assert sorted(df["clip_id"]) == sorted(ds.split(split)["clip_id"])
+            values = df[ds.classes].to_numpy()
+            assert values.dtype == np.float32 and np.all((values >= 0) & (values <= 1))
+        files = {a.path for a in c.list_artifacts(run.info.run_id, "model")}
+        assert files == {"model/model.safetensors", "model/config.json"}
+
+
+def test_asha_stopped_trials_are_not_left_running(searched):
+    cfg, _ = searched
+    c = tracking.client(cfg.tracking.uri)
+    exp = c.get_experiment_by_name(cfg.name)
+    assert not c.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+
+
+@pytest.fixture(scope="module")
+def ensembled(searched):
+    from harmonia.ensembles.stage import build_ensemble
+
+    cfg, _ = searched
+    return cfg, build_ensemble(cfg.tracking.uri, cfg.name, size=10, metric="mAP", top_k=3, progress=False)
+
+
+def test_ensemble_is_at_least_as_good_as_its_best_member_on_valid(ensembled):
+    cfg, report = ensembled
+    table = report.comparison
+    assert table.loc["ensemble", "valid"] >= table.loc["best single", "valid"] - 1e-12
+    assert np.isfinite(table.loc["ensemble", "test"])
+    assert abs(sum(w for _, w in report.members) - 1.0) < 1e-6
+    c = tracking.client(cfg.tracking.uri)
+    run = c.get_run(report.run_id)
+    assert run.data.tags[tracking.KIND_TAG] == "ensemble" and run.info.status == "FINISHED"
+    assert run.data.metrics["valid_mAP"] == pytest.approx(table.loc["ensemble", "valid"])
+    names = {a.path for a in c.list_artifacts(report.run_id)}
+    assert {"ensemble.json", "weights.png", "comparison.csv"} <= names
+
+
+def test_export_predict_matches_registry_pyfunc_and_trial_predictions(ensembled, tmp_path):
+    import mlflow
+
+    from harmonia.ensembles.bundle import export_bundle, register_model
+    from harmonia.ensembles.predictor import EnsemblePredictor
+
+    cfg, report = ensembled
+    out = export_bundle(cfg.tracking.uri, report.run_id, tmp_path / "bundle")
+    ref = register_model(cfg.tracking.uri, out, report.run_id, "harmonia-tiny")
+    test = load_dataset(cfg.data.root).split("test")
+    paths = list(test["path"])
+    bundle_scores = EnsemblePredictor.load(out).predict_files(paths)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    pyfunc = mlflow.pyfunc.load_model(ref)
+    registry_scores = pyfunc.predict(pd.DataFrame({"path": paths}))
+    classes = report.library.classes
+    np.testing.assert_allclose(bundle_scores[classes].to_numpy(), registry_scores[classes].to_numpy(), atol=1e-6)
+    # The exported model reproduces what the ensemble scored on test from the trials' own predictions.
+    lib = report.library
+    expected = report.fitted.predict(lib.test)
+    order = [lib.test_ids.index(cid) for cid in test["clip_id"]]
+    np.testing.assert_allclose(bundle_scores[classes].to_numpy(), expected[order], atol=1e-4)
+    tags = bundle_scores["event_labels"].str.split(",")
+    assert all(set(t) - {""} <= set(classes) for t in tags)
+
+
+def test_cli_ensemble_export_predict(searched, tmp_path):
+    from typer.testing import CliRunner
+
+    from harmonia.cli import app
+
+    cfg, _ = searched
+    runner = CliRunner()
+    res = runner.invoke(app, ["ensemble", "--experiment", cfg.name, "--size", "5", "--tracking-uri", cfg.tracking.uri])
+    assert res.exit_code == 0, res.output
+    c = tracking.client(cfg.tracking.uri)
+    exp = c.get_experiment_by_name(cfg.name)
+    run_id = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'ensemble'",
+                           order_by=["attributes.start_time DESC"])[0].info.run_id
+    out = tmp_path / "b"
+    res = runner.invoke(app, ["export", str(out), "--run", run_id, "--tracking-uri", cfg.tracking.uri])
+    assert res.exit_code == 0, res.output
+    wavs = list(load_dataset(cfg.data.root).split("test")["path"][:3])
+    res = runner.invoke(app, ["predict", str(out), *wavs, "-o", str(tmp_path / "tags.tsv")])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(tmp_path / "tags.tsv", sep="\t", keep_default_na=False)
+    assert list(df["filename"]) == wavs
+    assert df.columns[-1] == "event_labels" and len(df.columns) == 2 + len(load_dataset(cfg.data.root).classes)
