@@ -55,6 +55,11 @@ def _search_run(cfg: HarmoniaConfig, exp_id: str, fs: FeatureSet, state_file: Pa
     return run.info.run_id
 
 
+def trial_dirname(trial) -> str:
+    """Short trial folders (the default name lists every param and can exceed path limits)."""
+    return f"{trial.trial_id}"
+
+
 def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callbacks: list, resume: bool):
     """A new Tuner, or the one restored from `storage_path/name` when resuming."""
     import optuna
@@ -79,7 +84,8 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher,
                                     scheduler=scheduler, num_samples=s.num_samples,
-                                    max_concurrent_trials=s.max_concurrent, reuse_actors=True),
+                                    max_concurrent_trials=s.max_concurrent, reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=cfg.name, storage_path=s.storage_path, verbose=0,
                                   callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures),

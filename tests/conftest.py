@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +33,7 @@ def tiny_config(base: Path, name: str = "tiny", **search):
         "search": {"num_samples": 4, "max_concurrent": 2, "max_epochs": 3, "grace_period": 1,
                    "storage_path": str(base / "ray_results"), **search},
         "train": {"patience": 3},
-        "space": {"crnn.blocks": 2, "crnn.channels": [8], "crnn.gru_size": [16], "batch_size": [16]},
+        "space": {"arch": "crnn", "crnn.blocks": 2, "crnn.channels": [8], "crnn.gru_size": [16], "batch_size": [16]},
     })
     return cfg.resolved(base)
 
