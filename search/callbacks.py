@@ -46,6 +46,10 @@ class ProgressCallback(tune.Callback):
         self.total, self.metric, self.advance = total, metric, advance
         self.done: set[str] = set()
 
+    def __getstate__(self):
+        """Tune pickles its callbacks with the experiment state; the live bar stays behind."""
+        return {**self.__dict__, "advance": _no_progress}
+
     def _finish(self, trial):
         if trial.trial_id not in self.done:
             self.done.add(trial.trial_id)
@@ -56,3 +60,7 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial)
+
+
+def _no_progress(n: int = 1) -> None:
+    return None

@@ -23,3 +23,40 @@ def crnn_space(s: Space) -> None:
     s.categorical("crnn.gru_size", [32, 64])
     s.float("crnn.dropout", 0.0, 0.4)
     s.categorical("crnn.pooling", ["max", "avg", "attention"])
+
+
+@register_architecture_space("gated_crnn")
+def gated_crnn_space(s: Space) -> None:
+    """Gated CRNN (gated_crnn_attention_dcase2017.txt §2.3, §3, §4.1: 3 × 64 GLU blocks, BGRU 128)."""
+    s.int("gated_crnn.blocks", 2, 4)
+    s.categorical("gated_crnn.channels", [16, 32, 64])
+    s.categorical("gated_crnn.gru_size", [32, 64, 128])
+    s.float("gated_crnn.dropout", 0.0, 0.3)
+    s.categorical("gated_crnn.task_pooling", ["tagging", "sed"])
+
+
+@register_architecture_space("elu_crnn")
+def elu_crnn_space(s: Space) -> None:
+    """ELU CRNN (sample_mixed_augmentation_crnn.txt §2: 7 blocks of 8…64 filters, dropout 0.1)."""
+    s.categorical("elu_crnn.width", [0.5, 1.0, 2.0])
+    s.float("elu_crnn.dropout", 0.0, 0.3)
+    s.categorical("elu_crnn.gru_size", [32, 64, 128])
+
+
+@register_architecture_space("cnn8")
+def cnn8_space(s: Space) -> None:
+    """CNN8 cross-task baseline (dcase2018_workshop_proceedings.txt L20203–20292; 64 is the paper's width)."""
+    s.categorical("cnn8.channels", [16, 32, 64])
+    s.categorical("cnn8.pooling", ["max", "avg"])
+
+
+@register_architecture_space("multi_input_cnn")
+def multi_input_cnn_space(s: Space) -> None:
+    """MI-CNN + NNF (dcase2018_workshop_proceedings.txt L2691–2781: 2–4 single/double blocks, ± dropout,
+    cosine or euclidean neighbours, k = 5 in the paper)."""
+    s.categorical("multi_input_cnn.variant", ["single", "double"])
+    s.int("multi_input_cnn.blocks", 2, 4)
+    s.categorical("multi_input_cnn.width", [0.25, 0.5, 1.0])
+    s.float("multi_input_cnn.dropout", 0.0, 0.5)
+    s.int("multi_input_cnn.k", 3, 12)
+    s.categorical("multi_input_cnn.metric", ["cosine", "euclidean"])

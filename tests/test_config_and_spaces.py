@@ -57,7 +57,7 @@ def _sample(overrides, n=20):
 
 
 def test_space_samples_conditional_augmentation_params():
-    samples = _sample({})
+    samples = _sample({"arch": "crnn"})
     assert any(s["aug.mixup"] for s in samples) and any(not s["aug.mixup"] for s in samples)
     for s in samples:
         assert ("mixup.alpha" in s) == s["aug.mixup"]
@@ -66,7 +66,7 @@ def test_space_samples_conditional_augmentation_params():
 
 
 def test_overrides_fix_restrict_and_move_ranges():
-    samples = _sample({"crnn.pooling": "attention", "batch_size": [16], "lr": {"low": 1e-3, "high": 2e-3},
+    samples = _sample({"arch": "crnn", "crnn.pooling": "attention", "batch_size": [16], "lr": {"low": 1e-3, "high": 2e-3},
                        "aug.mixup": True})
     for s in samples:
         assert s["crnn.pooling"] == "attention" and s["batch_size"] == 16 and 1e-3 <= s["lr"] <= 2e-3

@@ -3,5 +3,9 @@
 from harmonia.trainables.architectures.registry import (
     ARCHITECTURES, ArchitectureSpec, ModelOutput, arch_config, build_model, register_architecture)
 from harmonia.trainables.architectures import crnn  # noqa: F401  (registers)
+from harmonia.trainables.architectures import gated_crnn  # noqa: F401  (registers)
+from harmonia.trainables.architectures import elu_crnn  # noqa: F401  (registers)
+from harmonia.trainables.architectures import cnn8  # noqa: F401  (registers)
+from harmonia.trainables.architectures import multi_input_cnn  # noqa: F401  (registers)
 
 __all__ = ["ARCHITECTURES", "ArchitectureSpec", "ModelOutput", "arch_config", "build_model", "register_architecture"]
