@@ -1,2 +1,7 @@
 """harmonia: search, track and ensemble audio tagging and SED models."""
 __version__ = "0.1.0"
+
+import os as _os
+
+# MLflow's per-download tqdm bars drown the rich progress of each stage.
+_os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

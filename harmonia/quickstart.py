@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.panel import Panel
 
 from harmonia.config import HarmoniaConfig
@@ -34,8 +35,8 @@ def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
     preds.to_csv(tags_file, sep="\t", index=False, float_format="%.4f")
     truth = dict(zip(test["path"], test["tags"]))
     for _, row in preds.iterrows():
-        console.print(f"{Path(row['filename']).name}: predicted [{row['event_labels']}]  "
-                      f"true [{','.join(truth[row['filename']])}]")
+        console.print(escape(f"{Path(row['filename']).name}: predicted [{row['event_labels']}]  "
+                             f"true [{','.join(truth[row['filename']])}]"))
     uri = cfg.tracking.uri
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
     ens = report.comparison

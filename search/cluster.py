@@ -38,6 +38,10 @@ def connect(address: str | None, num_cpus: int | None = None, timeout: float = 5
     """`ray.init` once per driver; an unreachable address fails within `timeout`, before any trial."""
     import ray
 
+    if address is not None:
+        kind, host, port = parse_address(address)
+        if host is not None:
+            check_reachable(host, port, timeout)
     if ray.is_initialized():
         return
     env = {"runtime_env": {"env_vars": {"PYTHONWARNINGS": "ignore"}}}
@@ -45,7 +49,4 @@ def connect(address: str | None, num_cpus: int | None = None, timeout: float = 5
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  configure_logging=False, log_to_driver=False, **env)
         return
-    kind, host, port = parse_address(address)
-    if host is not None:
-        check_reachable(host, port, timeout)
     ray.init(address=address, configure_logging=False, log_to_driver=False, **env)

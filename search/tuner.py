@@ -144,11 +144,12 @@ def print_trials(table: pd.DataFrame, metric: str, top: int = 10) -> None:
     from rich.table import Table
 
     t = Table(title=f"top trials by valid {metric}")
-    for col in ("trial", "status", f"valid {metric}", "epochs", "params", "MLflow run"):
-        t.add_column(col)
+    for col in ("trial", "status", f"valid {metric}", "epochs", "arch", "params", "MLflow run"):
+        t.add_column(col, overflow="fold")
     for _, r in table.head(top).iterrows():
-        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(r["params"].items()))
-        t.add_row(r["trial_id"], r["status"], f"{r['score']:.4f}", str(int(r["epochs"])), params, r["run_id"][:12])
+        params = " ".join(f"{k.split('.', 1)[-1]}={_short(v)}" for k, v in sorted(r["params"].items()) if k != "arch")
+        t.add_row(r["trial_id"], r["status"], f"{r['score']:.4f}", str(int(r["epochs"])), r["arch"], params,
+                  r["run_id"][:12])
     console.print(t)
 
 

@@ -14,7 +14,8 @@ class SpaceError(ValueError):
 class Space:
     """Suggest parameters by name; a config override may fix a value, give choices, or move a range.
 
-    Override forms: a scalar fixes the value; a list gives the choices; `{low, high, log}` a range;
+    Override forms: a scalar fixes the value; a list gives the choices (numeric parameters too);
+    `{low, high, log}` a range;
     `{choices: [...]}` the choices. Fixed values are collected in `constants` (OptunaSearch merges
     what the define-by-run function returns into the config).
     """
@@ -37,6 +38,8 @@ class Space:
         fixed, value = self._fixed(name)
         if fixed:
             return float(value)
+        if isinstance(self.overrides.get(name), list):
+            return float(self.categorical(name, self.overrides[name]))
         low, high, log = _range(name, self.overrides.get(name), low, high, log)
         return self.trial.suggest_float(name, float(low), float(high), log=log)
 
@@ -44,6 +47,8 @@ class Space:
         fixed, value = self._fixed(name)
         if fixed:
             return int(value)
+        if isinstance(self.overrides.get(name), list):
+            return int(self.categorical(name, self.overrides[name]))
         low, high, log = _range(name, self.overrides.get(name), low, high, log)
         return self.trial.suggest_int(name, int(low), int(high), log=log)
 
@@ -66,8 +71,6 @@ class Space:
 def _range(name: str, ov: Any, low: float, high: float, log: bool) -> tuple[float, float, bool]:
     if ov is None:
         return low, high, log
-    if isinstance(ov, list):
-        raise SpaceError(f"space.{name}: a numeric range takes a value or {{low, high}}, not a list")
     unknown = set(ov) - {"low", "high", "log"}
     if unknown:
         raise SpaceError(f"space.{name}: unknown keys {sorted(unknown)}; valid: high, log, low")

@@ -90,6 +90,8 @@ class Trainer:
             xb, yb = batch.x.to(self.device), batch.y.to(self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
                 clip, _ = self.model(xb)
+            if not torch.isfinite(clip).all():
+                raise NonFiniteLossError(f"model outputs became NaN/inf at epoch {self.epoch + 1} (loss undefined)")
             loss = nn.functional.binary_cross_entropy(clip.float().clamp(1e-7, 1 - 1e-7), yb)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.epoch + 1}")

@@ -83,6 +83,13 @@ def start_run(c, ctx: TrialContext, params: dict, run_id: str | None) -> str:
     import ray
 
     tctx = tune.get_context()
+    if run_id is None:
+        # A retried attempt that crashed before its first checkpoint continues the same run.
+        flt = f"tags.`{tracking.TRIAL_ID_TAG}` = '{tctx.get_trial_id()}'"
+        if ctx.parent_run_id:
+            flt += f" and tags.`{tracking.PARENT_TAG}` = '{ctx.parent_run_id}'"
+        found = tracking.retry(lambda: c.search_runs([ctx.experiment_id], filter_string=flt, max_results=1))
+        run_id = found[0].info.run_id if found else None
     if run_id is not None:
         tracking.retry(lambda: c.update_run(run_id, status="RUNNING"))
         return run_id
