@@ -76,16 +76,57 @@ def _weights_png(names: list[str], weights: np.ndarray):
     return write
 
 
-def build_ensemble(uri: str, experiment: str, *, method: str = "selection", size: int = 20,
-                   metric: str = "mAP", top_k: int = 5, progress: bool = True, **method_kwargs) -> EnsembleReport:
-    """Fit on valid only; test is scored and reported, never used for a choice."""
-    lib = collect(uri, experiment, progress=progress)
-    kwargs = dict(method_kwargs)
-    if method in ("selection", "bagged_selection", "per_class_selection"):
+SIZED_METHODS = ("selection", "bagged_selection", "per_class_selection")
+
+
+def _method_kwargs(method: str, size: int, top_k: int, extra: dict) -> dict:
+    kwargs = dict(extra)
+    if method in SIZED_METHODS:
         kwargs.setdefault("size", size)
-    fitted = fit_method(method, lib.valid, lib.y_valid, metric=metric, **kwargs)
-    valid_pred = fitted.predict(lib.valid)
-    thresholds = fit_thresholds(lib.y_valid, valid_pred)
+    if method == "average":
+        kwargs.setdefault("k", top_k)
+    return kwargs
+
+
+def _per_class_table(lib: Library, fitted: FittedEnsemble, metric: str) -> pd.DataFrame:
+    """Per-class score of each member and of the ensemble, on valid and test (for the run's artifacts)."""
+    from harmonia.metrics import average_precision_per_class
+
+    rows = []
+    weights = _member_weights(fitted)
+    splits = [("valid", lib.valid, lib.y_valid)] + ([("test", lib.test, lib.y_test)] if lib.test is not None else [])
+    for split, preds, y in splits:
+        models = [(lib.run_names[i], preds[i]) for i in np.flatnonzero(weights > 0)] + [("ensemble", fitted.predict(preds))]
+        for name, p in models:
+            ap = average_precision_per_class(y, p)
+            rows += [{"split": split, "model": name, "class": c, "AP": float(v)} for c, v in zip(lib.classes, ap)]
+    return pd.DataFrame(rows)
+
+
+def _curve_png(curve: list[float], metric: str):
+    def write(path):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot(range(1, len(curve) + 1), curve, marker=".")
+        ax.set_xlabel("ensemble size (greedy steps)")
+        ax.set_ylabel(f"valid {metric}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    return write
+
+
+def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: int, metric: str, top_k: int,
+                **method_kwargs) -> EnsembleReport:
+    """Fit one method on valid only, score it on valid and test, and log it as an ensemble run."""
+    fitted = fit_method(method, lib.valid, lib.y_valid, metric=metric,
+                        **_method_kwargs(method, size, top_k, method_kwargs))
+    thresholds = fit_thresholds(lib.y_valid, fitted.predict(lib.valid))
     table = compare(lib, fitted, metric, top_k)
     c = tracking.client(uri)
     exp_id = tracking.ensure_experiment(uri, experiment)
@@ -113,10 +154,39 @@ def build_ensemble(uri: str, experiment: str, *, method: str = "selection", size
         "thresholds": thresholds.tolist(),
         "scores": {m: {"valid": float(r["valid"]), "test": float(r["test"])} for m, r in table.iterrows()},
     }
-    tracking.log_files(c, rid, {
+    files = {
         "ensemble.json": tracking.json_bytes(spec),
         "comparison.csv": table.to_csv().encode(),
         "weights.png": _weights_png(lib.run_names, weights),
-    })
+        "weights.csv": pd.DataFrame(members).to_csv(index=False).encode(),
+        "per_class.csv": _per_class_table(lib, fitted, metric).to_csv(index=False).encode(),
+    }
+    if fitted.curve:
+        files["curve.csv"] = pd.DataFrame({"size": range(1, len(fitted.curve) + 1),
+                                           f"valid_{metric}": fitted.curve}).to_csv(index=False).encode()
+        files["curve.png"] = _curve_png(fitted.curve, metric)
+    tracking.log_files(c, rid, files)
     tracking.retry(lambda: c.set_terminated(rid, "FINISHED"))
     return EnsembleReport(rid, method, metric, fitted, lib, thresholds, table)
+
+
+def build_ensemble(uri: str, experiment: str, *, method: str = "selection", size: int = 20,
+                   metric: str = "mAP", top_k: int = 5, progress: bool = True, **method_kwargs) -> EnsembleReport:
+    """Collect the experiment's trials and fit one method; test is scored and reported, never used for a choice."""
+    lib = collect(uri, experiment, progress=progress)
+    return fit_and_log(lib, uri, experiment, method=method, size=size, metric=metric, top_k=top_k, **method_kwargs)
+
+
+def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int = 20, metric: str = "mAP",
+                    top_k: int = 5, progress: bool = True) -> tuple[list[EnsembleReport], pd.DataFrame]:
+    """Every method on the same library, one run each, and a table: method, valid, test, members, run."""
+    lib = collect(uri, experiment, progress=progress)
+    reports = [fit_and_log(lib, uri, experiment, method=m, size=size, metric=metric, top_k=top_k) for m in methods]
+    rows = [{"method": r.method, "valid": r.comparison.loc["ensemble", "valid"],
+             "test": r.comparison.loc["ensemble", "test"], "members": int(r.comparison.loc["ensemble", "members"]),
+             "run_id": r.run_id} for r in reports]
+    base = reports[0].comparison
+    for name in base.index[1:]:
+        rows.append({"method": name, "valid": base.loc[name, "valid"], "test": base.loc[name, "test"],
+                     "members": int(base.loc[name, "members"]), "run_id": ""})
+    return reports, pd.DataFrame(rows)

@@ -130,15 +130,37 @@ def _guard(fn):
 
 @app.command()
 def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: int = typer.Option(20, min=1),
-             metric: str = "mAP", method: str = "selection", top_k: int = typer.Option(5, min=1),
+             metric: str = "mAP",
+             method: str = typer.Option("all", help="a method, a comma-separated list, or 'all' to compare them"),
+             top_k: int = typer.Option(5, min=1),
              config: Optional[Path] = typer.Option(None, help="take the tracking URI from this config"),
              tracking_uri: Optional[str] = UriOption):
-    """Greedy weighted ensemble (fitted on valid) from the finished trials of EXPERIMENT."""
-    from harmonia.ensembles.stage import build_ensemble
+    """Ensembles fitted on valid from the finished trials of EXPERIMENT; one MLflow run per method."""
+    from harmonia.ensembles.methods import METHODS
+    from harmonia.ensembles.stage import build_ensembles
+    from harmonia.metrics import METRICS
 
     uri = _uri(tracking_uri, config)
-    report = _guard(lambda: build_ensemble(uri, experiment, method=method, size=size, metric=metric, top_k=top_k))
-    print_comparison(report)
+    methods = sorted(METHODS) if method == "all" else [m.strip() for m in method.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        fail(f"--method: unknown {', '.join(unknown)}; valid: all, {', '.join(sorted(METHODS))}")
+    if metric not in METRICS:
+        fail(f"--metric: unknown {metric!r}; valid: {', '.join(sorted(METRICS))}")
+    reports, table = _guard(lambda: build_ensembles(uri, experiment, methods=methods, size=size, metric=metric,
+                                                    top_k=top_k))
+    if len(reports) == 1:
+        print_comparison(reports[0])
+        return
+    t = Table(title=f"ensemble methods on {experiment} ({metric}; weights fitted on valid, test only reported)")
+    for col in ("method", "valid", "test", "members", "ensemble run"):
+        t.add_column(col)
+    best = table.loc[table["run_id"] != "", "valid"].idxmax()
+    for i, r in table.iterrows():
+        style = "bold green" if i == best else None
+        t.add_row(r["method"], f"{r['valid']:.4f}", f"{r['test']:.4f}", str(r["members"]), r["run_id"], style=style)
+    console.print(t)
+    console.print(f"export the best on valid: harmonia export out/{experiment} --run {table.loc[best, 'run_id']}")
 
 
 def print_comparison(report) -> None:

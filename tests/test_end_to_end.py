@@ -67,7 +67,7 @@ def test_ensemble_is_at_least_as_good_as_its_best_member_on_valid(ensembled):
     assert run.data.tags[tracking.KIND_TAG] == "ensemble" and run.info.status == "FINISHED"
     assert run.data.metrics["valid_mAP"] == pytest.approx(table.loc["ensemble", "valid"])
     names = {a.path for a in c.list_artifacts(report.run_id)}
-    assert {"ensemble.json", "weights.png", "comparison.csv"} <= names
+    assert {"ensemble.json", "weights.png", "comparison.csv", "per_class.csv", "curve.png", "curve.csv"} <= names
 
 
 def test_export_predict_matches_registry_pyfunc_and_trial_predictions(ensembled, tmp_path):
@@ -103,8 +103,10 @@ def test_cli_ensemble_export_predict(searched, tmp_path):
 
     cfg, _ = searched
     runner = CliRunner()
-    res = runner.invoke(app, ["ensemble", "--experiment", cfg.name, "--size", "5", "--tracking-uri", cfg.tracking.uri])
+    res = runner.invoke(app, ["ensemble", "--experiment", cfg.name, "--size", "5", "--method", "all",
+                                 "--tracking-uri", cfg.tracking.uri])
     assert res.exit_code == 0, res.output
+    assert "stacking" in res.output and "best single" in res.output
     c = tracking.client(cfg.tracking.uri)
     exp = c.get_experiment_by_name(cfg.name)
     run_id = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'ensemble'",
