@@ -1,0 +1,364 @@
+"""Metrics shared by trials, ensembles and reports: tagging, scene and SED (DCASE settings).
+
+Tagging inputs are ``y_true [N, C]`` in {0, 1} and ``y_score [N, C]`` floats. Everything is plain
+numpy (scipy for ranks and the median filter, sed_eval for event/segment metrics); tests check
+each metric against scikit-learn, sed_eval or its direct definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import median_filter
+from scipy.stats import rankdata
+
+Event = tuple[float, float, str]
+EventLists = Mapping[str, Sequence[Event]]
+
+DCASE_T_COLLAR = 0.2
+DCASE_PERCENTAGE_OF_LENGTH = 0.2
+DCASE_SEGMENT_RESOLUTION = 1.0
+BCE_EPS = 1e-7
+
+
+def _as_2d(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a (labels, scores) pair and return them as 2-D bool / float64 arrays."""
+    t = np.asarray(y_true)
+    s = np.asarray(y_score, dtype=np.float64)
+    if t.ndim == 1:
+        t = t[:, None]
+    if s.ndim == 1:
+        s = s[:, None]
+    if t.shape != s.shape or t.ndim != 2:
+        raise ValueError(f"y_true {t.shape} and y_score {s.shape} must both be [N, C]")
+    return t.astype(bool), s
+
+
+def average_precision_per_class(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """AP of each class as scikit-learn computes it (ties share one threshold); NaN without positives.
+
+    AP = (1/P) * sum over positives i of TP(score >= s_i) / N(score >= s_i).
+    """
+    t, s = _as_2d(y_true, y_score)
+    n = s.shape[0]
+    order = np.argsort(-s, axis=0, kind="stable")
+    vals = np.take_along_axis(s, order, axis=0)
+    lab = np.take_along_axis(t, order, axis=0)
+    tps = np.cumsum(lab, axis=0)
+    is_end = np.ones_like(lab)
+    is_end[:-1] = vals[:-1] != vals[1:]
+    idx = np.arange(n)[:, None]
+    end = np.minimum.accumulate(np.where(is_end, idx, n)[::-1], axis=0)[::-1]
+    prec = np.take_along_axis(tps, end, axis=0) / (end + 1.0)
+    n_pos = lab.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(lab, prec, 0.0).sum(axis=0) / n_pos
+    return np.where(n_pos > 0, ap, np.nan)
+
+
+def mean_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Macro AP over the classes that have at least one positive (NaN if none has)."""
+    ap = average_precision_per_class(y_true, y_score)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+def roc_auc_per_class(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """ROC AUC per class via the Mann-Whitney rank sum (tied ranks averaged); NaN if one label is absent."""
+    t, s = _as_2d(y_true, y_score)
+    ranks = rankdata(s, axis=0)
+    n_pos = t.sum(axis=0).astype(np.float64)
+    n_neg = t.shape[0] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (np.where(t, ranks, 0.0).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def roc_auc_macro(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Macro ROC AUC over the classes where both labels occur."""
+    auc = roc_auc_per_class(y_true, y_score)
+    return float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
+
+
+def lwlrap(y_true: np.ndarray, y_score: np.ndarray, chunk_elements: int = 4_000_000) -> float:
+    """Label-weighted label-ranking AP (DCASE 2019 task 2): mean over all (clip, positive label) pairs
+    of precision at that label's rank within the clip; ties count as ranked above."""
+    t, s = _as_2d(y_true, y_score)
+    n, c = s.shape
+    total = 0.0
+    step = max(1, chunk_elements // max(1, c * c))
+    for a in range(0, n, step):
+        ts, ss = t[a : a + step], s[a : a + step]
+        above = ss[:, None, :] >= ss[:, :, None]
+        rank = above.sum(axis=2)
+        pos_above = (above & ts[:, None, :]).sum(axis=2)
+        total += float(np.where(ts, pos_above / np.maximum(rank, 1), 0.0).sum())
+    n_labels = int(t.sum())
+    return total / n_labels if n_labels else float("nan")
+
+
+def _eer_binary(t: np.ndarray, s: np.ndarray) -> float:
+    """EER of one class: the point where the piecewise-linear ROC meets fpr = 1 - tpr."""
+    order = np.argsort(-s, kind="stable")
+    vals, lab = s[order], t[order]
+    keep = np.r_[vals[:-1] != vals[1:], True]
+    tps = np.cumsum(lab)[keep]
+    fps = np.cumsum(~lab)[keep]
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    h = fpr + tpr - 1.0
+    i = int(np.argmax(h >= 0))
+    if i == 0 or h[i] == 0:
+        return float(fpr[i])
+    frac = -h[i - 1] / (h[i] - h[i - 1])
+    return float(fpr[i - 1] + frac * (fpr[i] - fpr[i - 1]))
+
+
+def eer_per_class(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """Equal error rate per class (DCASE 2016 task 4 style); NaN where one label is absent."""
+    t, s = _as_2d(y_true, y_score)
+    out = np.full(s.shape[1], np.nan)
+    for c in range(s.shape[1]):
+        if 0 < t[:, c].sum() < len(t):
+            out[c] = _eer_binary(t[:, c], s[:, c])
+    return out
+
+
+def eer(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Mean per-class EER over the classes where both labels occur (lower is better)."""
+    e = eer_per_class(y_true, y_score)
+    return float(np.nanmean(e)) if np.isfinite(e).any() else float("nan")
+
+
+def _class_index(y_true: np.ndarray) -> np.ndarray:
+    """Single-label targets as class indices, from one-hot [N, C] or indices [N]."""
+    y = np.asarray(y_true)
+    return y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64)
+
+
+def map_at_3(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """MAP@3 for single-label clips (DCASE 2018 task 2): 1/rank of the true class if in the top 3."""
+    truth = _class_index(y_true)
+    top3 = np.argsort(-np.asarray(y_score, dtype=np.float64), axis=1, kind="stable")[:, :3]
+    hit = top3 == truth[:, None]
+    return float((hit / np.arange(1, top3.shape[1] + 1)).sum(axis=1).mean())
+
+
+def accuracy(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Single-label accuracy of the argmax (acoustic scenes)."""
+    return float((np.asarray(y_score).argmax(axis=1) == _class_index(y_true)).mean())
+
+
+def log_loss(y_true: np.ndarray, y_score: np.ndarray, eps: float = float(np.finfo(np.float64).eps)) -> float:
+    """Single-label cross-entropy of the true class probability, clipped like scikit-learn's."""
+    truth = _class_index(y_true)
+    p = np.asarray(y_score, dtype=np.float64)[np.arange(len(truth)), truth]
+    return float(-np.log(np.clip(p, eps, 1 - eps)).mean())
+
+
+def bce(y_true: np.ndarray, y_score: np.ndarray, eps: float = BCE_EPS) -> float:
+    """Mean binary cross-entropy over all clip x class cells, scores clipped to [eps, 1 - eps]."""
+    t, s = _as_2d(y_true, y_score)
+    p = np.clip(s, eps, 1 - eps)
+    return float(-np.where(t, np.log(p), np.log1p(-p)).mean())
+
+
+def _f1(tp: np.ndarray, n_pred: np.ndarray, n_true: np.ndarray) -> np.ndarray:
+    denom = n_pred + n_true
+    return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 0.0)
+
+
+def f1_micro(y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0.5) -> float:
+    """Micro F1 of ``y_score >= threshold`` (0 when nothing is true or predicted)."""
+    t, s = _as_2d(y_true, y_score)
+    pred = s >= threshold
+    return float(_f1(np.sum(pred & t), np.sum(pred), np.sum(t)))
+
+
+def f1_macro_thresholds(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray) -> float:
+    """Macro F1 over all classes with one threshold per class (a class with nothing true or predicted scores 0)."""
+    t, s = _as_2d(y_true, y_score)
+    thr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if thr.shape[0] != s.shape[1]:
+        raise ValueError(f"need {s.shape[1]} thresholds, got {thr.shape[0]}")
+    pred = s >= thr[None, :]
+    return float(_f1((pred & t).sum(axis=0), pred.sum(axis=0), t.sum(axis=0)).mean())
+
+
+def fit_thresholds(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """Per-class threshold maximizing F1 of ``score >= thr`` on the given (valid) data.
+
+    The threshold sits halfway between the chosen score and the next lower one; a class without
+    positives gets a threshold just above its highest score (predict nothing).
+    """
+    t, s = _as_2d(y_true, y_score)
+    out = np.empty(s.shape[1])
+    for c in range(s.shape[1]):
+        out[c] = _best_threshold(t[:, c], s[:, c])
+    return out
+
+
+def _best_threshold(t: np.ndarray, s: np.ndarray) -> float:
+    order = np.argsort(-s, kind="stable")
+    vals, lab = s[order], t[order]
+    n_true = int(t.sum())
+    if n_true == 0:
+        return float(np.nextafter(vals[0], np.inf))
+    ends = np.flatnonzero(np.r_[vals[:-1] != vals[1:], True])
+    tps = np.cumsum(lab)[ends]
+    f1 = 2.0 * tps / (ends + 1 + n_true)
+    k = int(np.argmax(f1))
+    lower = vals[ends[k] + 1] if ends[k] + 1 < len(vals) else None
+    return float(vals[ends[k]] if lower is None else (vals[ends[k]] + lower) / 2)
+
+
+def decode_events(
+    frame_probs: np.ndarray,
+    hop_seconds: float,
+    classes: Sequence[str],
+    thresholds: np.ndarray | Sequence[float] | float,
+    median_lengths: np.ndarray | Sequence[int] | int,
+) -> list[Event]:
+    """Frame probabilities [T, C] to events: ``prob >= threshold``, a per-class median filter
+    (scipy.ndimage, ``median_lengths`` in frames, 1 = none), then contiguous runs.
+
+    Returns (onset, offset, label) sorted by onset then class order; offset is the end of the last frame.
+    """
+    probs = np.asarray(frame_probs, dtype=np.float64)
+    n_frames, n_classes = probs.shape
+    if len(classes) != n_classes:
+        raise ValueError(f"{len(classes)} class names for {n_classes} columns")
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (n_classes,))
+    med = np.broadcast_to(np.asarray(median_lengths, dtype=np.int64), (n_classes,))
+    events: list[tuple[int, int, Event]] = []
+    for c in range(n_classes):
+        active = (probs[:, c] >= thr[c]).astype(np.uint8)
+        if med[c] > 1:
+            active = median_filter(active, size=int(med[c]), mode="nearest")
+        edges = np.diff(np.r_[0, active, 0].astype(np.int8))
+        for on, off in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+            events.append((int(on), c, (float(on * hop_seconds), float(off * hop_seconds), classes[c])))
+    return [e for _, _, e in sorted(events, key=lambda x: (x[0], x[1]))]
+
+
+def _sed_event_list(events: EventLists, filename: str) -> list[dict]:
+    """One file's events in sed_eval's format; a file without events is ``[{"filename": f}]``."""
+    rows = [
+        {"filename": filename, "event_onset": float(on), "event_offset": float(off), "event_label": lab}
+        for on, off, lab in events.get(filename, ())
+    ]
+    return rows or [{"filename": filename}]
+
+
+def _sed_labels(reference: EventLists, estimated: EventLists, classes: Sequence[str] | None) -> list[str]:
+    if classes is not None:
+        return list(classes)
+    labels = {e[2] for evs in (*reference.values(), *estimated.values()) for e in evs}
+    return sorted(labels)
+
+
+def _sed_results(metric: object) -> dict[str, float]:
+    overall = metric.results_overall_metrics()  # type: ignore[attr-defined]
+    classwise = metric.results_class_wise_average_metrics()  # type: ignore[attr-defined]
+    return {
+        "f_measure": float(overall["f_measure"]["f_measure"]),
+        "precision": float(overall["f_measure"]["precision"]),
+        "recall": float(overall["f_measure"]["recall"]),
+        "error_rate": float(overall["error_rate"]["error_rate"]),
+        "f_measure_macro": float(classwise["f_measure"]["f_measure"]),
+    }
+
+
+def _evaluate_sed(
+    metric: object, reference: EventLists, estimated: EventLists, files: Sequence[str]
+) -> dict[str, float]:
+    from dcase_util.containers import MetaDataContainer
+
+    for f in files:
+        metric.evaluate(  # type: ignore[attr-defined]
+            reference_event_list=MetaDataContainer(_sed_event_list(reference, f)),
+            estimated_event_list=MetaDataContainer(_sed_event_list(estimated, f)),
+        )
+    return _sed_results(metric)
+
+
+def event_metrics(
+    reference_events: EventLists,
+    estimated_events: EventLists,
+    files: Sequence[str],
+    classes: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Event-based F1 / ER with the DCASE settings (200 ms onset collar, offset collar
+    max(200 ms, 20 % of length); dcase2018_digest.md §metrics), evaluated file by file with sed_eval.
+
+    Events are {filename: [(onset, offset, label), ...]}; files missing there have no events.
+    """
+    import sed_eval
+
+    metric = sed_eval.sound_event.EventBasedMetrics(
+        event_label_list=_sed_labels(reference_events, estimated_events, classes),
+        t_collar=DCASE_T_COLLAR,
+        percentage_of_length=DCASE_PERCENTAGE_OF_LENGTH,
+        empty_system_output_handling="zero_score",
+    )
+    return _evaluate_sed(metric, reference_events, estimated_events, files)
+
+
+def segment_metrics(
+    reference_events: EventLists,
+    estimated_events: EventLists,
+    files: Sequence[str],
+    classes: Sequence[str] | None = None,
+    time_resolution: float = DCASE_SEGMENT_RESOLUTION,
+) -> dict[str, float]:
+    """Segment-based F1 / ER (1 s segments, DCASE setting) with sed_eval, file by file."""
+    import sed_eval
+
+    metric = sed_eval.sound_event.SegmentBasedMetrics(
+        event_label_list=_sed_labels(reference_events, estimated_events, classes),
+        time_resolution=time_resolution,
+    )
+    return _evaluate_sed(metric, reference_events, estimated_events, files)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named clip-level metric ``fn(y_true, y_score) -> float`` and its direction."""
+
+    name: str
+    fn: Callable[[np.ndarray, np.ndarray], float]
+    greater_is_better: bool
+
+    def __call__(self, y_true: np.ndarray, y_score: np.ndarray) -> float:
+        return float(self.fn(y_true, y_score))
+
+    def sign(self) -> float:
+        """+1 if higher is better, -1 otherwise: ``sign() * value`` is always maximized."""
+        return 1.0 if self.greater_is_better else -1.0
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("mAP", mean_average_precision, True),
+        Metric("auc", roc_auc_macro, True),
+        Metric("lwlrap", lwlrap, True),
+        Metric("f1", f1_micro, True),
+        Metric("bce", bce, False),
+        Metric("eer", eer, False),
+        Metric("map@3", map_at_3, True),
+        Metric("accuracy", accuracy, True),
+        Metric("log_loss", log_loss, False),
+    )
+}
+
+
+def get_metric(name: str | Metric) -> Metric:
+    """The registered metric called ``name`` (a Metric passes through); KeyError lists the valid names."""
+    if isinstance(name, Metric):
+        return name
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; valid metrics: {', '.join(sorted(METRICS))}") from None
