@@ -120,3 +120,58 @@ def test_cli_ensemble_export_predict(searched, tmp_path):
     df = pd.read_csv(tmp_path / "tags.tsv", sep="\t", keep_default_na=False)
     assert list(df["filename"]) == wavs
     assert df.columns[-1] == "event_labels" and len(df.columns) == 2 + len(load_dataset(cfg.data.root).classes)
+
+
+def test_bundle_refuses_tampered_files_and_older_formats(ensembled, tmp_path):
+    import json
+    import shutil
+
+    from harmonia.ensembles.bundle import BundleError, export_bundle, read_bundle
+    from harmonia.ensembles.predictor import EnsemblePredictor
+
+    cfg, report = ensembled
+    out = export_bundle(cfg.tracking.uri, report.run_id, tmp_path / "bundle")
+    assert read_bundle(out).members
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    weights = next(tampered.glob("members/*/model.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="hash mismatch"):
+        EnsemblePredictor.load(tampered)
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    spec = json.loads((old / "ensemble.json").read_text())
+    spec["format"] = "harmonia.bundle/0"
+    (old / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(BundleError, match="format 'harmonia.bundle/0' is not supported"):
+        read_bundle(old)
+    spec["format"] = "harmonia.bundle/1"
+    spec["members"][0]["path"] = "../../etc"
+    (old / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(BundleError, match="escapes the bundle"):
+        read_bundle(old)
+    del spec["classes"]
+    (old / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(BundleError, match="classes"):
+        read_bundle(old)
+
+
+def test_permuted_test_labels_change_no_fitted_choice(ensembled):
+    """Weights and thresholds come from valid only: scrambling test labels changes the test score only."""
+    import dataclasses
+
+    from harmonia.ensembles.methods import METHODS
+    from harmonia.ensembles.stage import fit_and_log
+
+    cfg, report = ensembled
+    lib = report.library
+    rng = np.random.default_rng(0)
+    scrambled = dataclasses.replace(lib, y_test=lib.y_test[rng.permutation(len(lib.y_test))])
+    for method in sorted(METHODS):
+        a = fit_and_log(lib, cfg.tracking.uri, cfg.name, method=method, size=5, metric="mAP", top_k=3)
+        b = fit_and_log(scrambled, cfg.tracking.uri, cfg.name, method=method, size=5, metric="mAP", top_k=3)
+        np.testing.assert_array_equal(a.fitted.weights, b.fitted.weights, err_msg=method)
+        np.testing.assert_array_equal(a.thresholds, b.thresholds, err_msg=method)
+        assert a.comparison.loc["ensemble", "valid"] == b.comparison.loc["ensemble", "valid"]
