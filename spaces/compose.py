@@ -12,6 +12,7 @@ from harmonia.spaces.core import RecordingTrial, Space, SpaceError
 def training_space(s: Space) -> None:
     s.float("lr", 1e-3, 1e-2, log=True)
     s.categorical("batch_size", [16, 32, 64])
+    s.bool("balanced_batches")
 
 
 class DefineByRun:

@@ -88,3 +88,68 @@ def test_build_augmentations_reads_flat_params():
     augs = build_augmentations({"aug.mixup": True, "mixup.alpha": 1.5, "aug.tid": False})
     assert len(augs) == 1 and isinstance(augs[0], Mixup) and augs[0].alpha == 1.5
     assert {"mixup", "tid"} <= set(AUGMENTATIONS)
+
+
+def test_samplepairing_averages_inputs_and_keeps_first_labels():
+    from harmonia.trainables.augmentations import SampleMix, SampleMixConfig
+
+    batch = _batch()
+    g = torch.Generator().manual_seed(5)
+    out = SampleMix("pairing", SampleMixConfig())(batch, g)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(out.x, 0.5 * batch.x + 0.5 * batch.x[perm])
+    assert torch.equal(out.y, batch.y) and torch.equal(out.y_frames, batch.y_frames)
+
+
+@pytest.mark.parametrize("kind", ["interpolate", "extrapolate"])
+def test_mixup_lp_and_extrapolation_follow_their_formulas(kind):
+    from harmonia.trainables.augmentations import SampleMix, SampleMixConfig
+
+    batch = _batch()
+    aug = SampleMix(kind, SampleMixConfig(alpha=0.7))
+    wi, wj = aug.weights(torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    out = aug(batch, g)
+    # Same generator sequence: λ first, then the permutation.
+    g2 = torch.Generator().manual_seed(9)
+    aug.weights(g2)
+    perm = torch.randperm(8, generator=g2)
+    lam = wj * -1 if kind == "extrapolate" else wi
+    if kind == "extrapolate":
+        assert wi == pytest.approx(1 + lam) and 0 < lam < 1  # (1+λ) xi − λ xj
+    else:
+        assert wj == pytest.approx(1 - lam)
+    assert torch.allclose(out.x, wi * batch.x + wj * batch.x[perm], atol=1e-6)
+    assert torch.equal(out.y, batch.y)
+
+
+def test_specaugment_zeroes_exactly_the_stated_bands():
+    from harmonia.trainables.augmentations import SpecAugment, SpecAugmentConfig
+
+    batch = Batch(torch.ones(4, 30, 16), torch.zeros(4, 2))
+    aug = SpecAugment(SpecAugmentConfig(time_masks=2, time_width=5, freq_masks=1, freq_width=3))
+    g = torch.Generator().manual_seed(2)
+    out = aug(batch, g)
+    g = torch.Generator().manual_seed(2)
+    for i in range(4):
+        times, bands = aug.masks(30, 16, g)
+        expected = torch.ones(30, 16)
+        for a, b in times:
+            assert b - a <= 5
+            expected[a:b] = 0
+        for a, b in bands:
+            assert b - a <= 3
+            expected[:, a:b] = 0
+        assert torch.equal(out.x[i], expected)
+
+
+def test_balanced_sampling_caps_the_class_ratio():
+    from harmonia.trainables.augmentations import balanced_sampling_weights
+
+    y = torch.zeros(420, 2)
+    y[:400, 0] = 1  # 20:1 imbalance
+    y[400:, 1] = 1
+    w = balanced_sampling_weights(y, max_ratio=5.0)
+    idx = torch.multinomial(w, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    counts = y[idx].sum(0)
+    assert 4.5 < float(counts[0] / counts[1]) < 5.5

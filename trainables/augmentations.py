@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 
@@ -134,3 +135,105 @@ def drop_span(a: torch.Tensor, start: int, span: int, fill: float) -> torch.Tens
 @register_augmentation("tid", TimeIntervalDropoutConfig)
 def build_time_interval_dropout(cfg: TimeIntervalDropoutConfig) -> Augmentation:
     return TimeIntervalDropout(cfg)
+
+
+@dataclass(frozen=True)
+class SampleMixConfig:
+    alpha: float = 1.0
+
+
+class SampleMix:
+    """Mixes each sample with a partner and keeps the FIRST sample's labels (no label mixing).
+
+    sample_mixed_augmentation_crnn.txt §3.2 SamplePairing (x = 0.5 xi + 0.5 xj), §3.3 mixup-lp
+    (x = λ xi + (1-λ) xj), §3.4 extrapolation (x = (1+λ) xi − λ xj); λ ~ Beta(α, α).
+    """
+
+    def __init__(self, kind: str, cfg: SampleMixConfig):
+        if kind not in ("pairing", "interpolate", "extrapolate"):
+            raise ValueError(f"unknown sample-mix kind {kind!r}")
+        if cfg.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {cfg.alpha}")
+        self.kind, self.alpha = kind, cfg.alpha
+
+    def weights(self, gen: torch.Generator) -> tuple[float, float]:
+        """(weight of xi, weight of xj)."""
+        if self.kind == "pairing":
+            return 0.5, 0.5
+        lam = _beta(self.alpha, gen)
+        return (lam, 1 - lam) if self.kind == "interpolate" else (1 + lam, -lam)
+
+    def __call__(self, batch: Batch, gen: torch.Generator) -> Batch:
+        wi, wj = self.weights(gen)
+        perm = torch.randperm(batch.x.shape[0], generator=gen)
+        return replace(batch, x=wi * batch.x + wj * batch.x[perm])
+
+
+@register_augmentation("samplepairing", SampleMixConfig)
+def build_samplepairing(cfg: SampleMixConfig) -> Augmentation:
+    return SampleMix("pairing", cfg)
+
+
+@register_augmentation("mixup_lp", SampleMixConfig)
+def build_mixup_lp(cfg: SampleMixConfig) -> Augmentation:
+    return SampleMix("interpolate", cfg)
+
+
+@register_augmentation("extrapolation", SampleMixConfig)
+def build_extrapolation(cfg: SampleMixConfig) -> Augmentation:
+    return SampleMix("extrapolate", cfg)
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    time_masks: int = 2
+    time_width: int = 20
+    freq_masks: int = 2
+    freq_width: int = 8
+
+
+class SpecAugment:
+    """SpecAugment-style masking: zero `time_masks` spans of up to `time_width` frames and `freq_masks`
+    bands of up to `freq_width` mel bins per sample (0 is the train mean after normalization)."""
+
+    def __init__(self, cfg: SpecAugmentConfig):
+        self.cfg = cfg
+
+    def masks(self, t: int, f: int, gen: torch.Generator) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The ([start, end) time spans, [start, end) mel bands) for one sample."""
+        def spans(n: int, width: int, size: int) -> list[tuple[int, int]]:
+            out = []
+            for _ in range(n):
+                w = int(torch.randint(0, min(width, size) + 1, (1,), generator=gen))
+                s = int(torch.randint(0, size - w + 1, (1,), generator=gen))
+                out.append((s, s + w))
+            return out
+
+        return spans(self.cfg.time_masks, self.cfg.time_width, t), spans(self.cfg.freq_masks, self.cfg.freq_width, f)
+
+    def __call__(self, batch: Batch, gen: torch.Generator) -> Batch:
+        x = batch.x.clone()
+        for i in range(x.shape[0]):
+            times, bands = self.masks(x.shape[1], x.shape[2], gen)
+            for a, b in times:
+                x[i, a:b, :] = 0.0
+            for a, b in bands:
+                x[i, :, a:b] = 0.0
+        return replace(batch, x=x)
+
+
+@register_augmentation("specaugment", SpecAugmentConfig)
+def build_specaugment(cfg: SpecAugmentConfig) -> Augmentation:
+    return SpecAugment(cfg)
+
+
+def balanced_sampling_weights(y: "torch.Tensor | np.ndarray", max_ratio: float = 5.0) -> torch.Tensor:
+    """Per-clip sampling weights so that, per mini-batch, the most frequent class occurs at most about
+    `max_ratio` times as often as the least frequent (gated_crnn_attention_dcase2017.txt §2.2)."""
+    y = torch.as_tensor(y, dtype=torch.float32)
+    freq = y.sum(0).clamp(min=1.0)
+    # Each class's target share is its frequency compressed into [1, max_ratio] × the rarest.
+    target = freq.min() * (freq / freq.min()).clamp(max=max_ratio)
+    per_class = target / freq
+    w = (y * per_class).max(1).values
+    return torch.where(y.sum(1) > 0, w, per_class.min())

@@ -13,7 +13,7 @@ from torch import nn
 from harmonia.featureset import FeatureSet
 from harmonia.metrics import f1_micro, mean_average_precision, roc_auc_macro
 from harmonia.trainables.architectures import build_model
-from harmonia.trainables.augmentations import Batch, build_augmentations
+from harmonia.trainables.augmentations import Batch, balanced_sampling_weights, build_augmentations
 
 SCORE_METRICS = {"mAP": mean_average_precision, "auc": roc_auc_macro, "f1": f1_micro}
 
@@ -77,7 +77,11 @@ class Trainer:
         split = self.data.splits["train"]
         x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
         bs = int(self.params.get("batch_size", 32))
-        order = torch.randperm(len(x), generator=self.gen)
+        if self.params.get("balanced_batches", False):
+            weights = balanced_sampling_weights(split.y)
+            order = torch.multinomial(weights, len(x), replacement=True, generator=self.gen)
+        else:
+            order = torch.randperm(len(x), generator=self.gen)
         self.model.train()
         total, count = 0.0, 0
         for start in range(0, len(x), bs):
