@@ -43,6 +43,7 @@ class Bundle(BaseModel):
     members: list[BundleMember] = Field(min_length=1)
     fitted: dict
     thresholds: list[float]
+    sed: dict | None = None
     feature: dict
     scores: dict[str, dict[str, float]]
     ensemble_run_id: str
@@ -89,7 +90,7 @@ def export_bundle(uri: str, ensemble_run_id: str, out: str | Path, name: str | N
                                     path=f"members/{rid}", sha256={f: sha256(dst / f) for f in MEMBER_FILES}))
     bundle = Bundle(format=BUNDLE_FORMAT, name=name or spec.get("method", "ensemble"), classes=spec["classes"],
                     method=spec["method"], metric=spec["metric"], library_size=len(spec["library"]),
-                    members=members, fitted=spec["fitted"], thresholds=spec["thresholds"], feature=feature,
+                    members=members, fitted=spec["fitted"], thresholds=spec["thresholds"], sed=spec.get("sed"), feature=feature,
                     scores=spec["scores"], ensemble_run_id=ensemble_run_id, versions=_versions())
     (out / "ensemble.json").write_text(bundle.model_dump_json(indent=2))
     return out

@@ -32,6 +32,40 @@ class Library:
     valid: np.ndarray  # [M, N, C]
     test: np.ndarray | None  # [M, N', C]
     skipped: dict[str, str]  # run id -> reason
+    hop_seconds: float | None = None  # feature hop; set when the search logged strong labels
+    events: dict[str, pd.DataFrame] | None = None  # split -> reference events
+    frames: dict[str, np.ndarray] | None = None  # split -> [M, N, T, C] at hop_seconds
+
+
+def _read_frames(uri: str, run_id: str, split: str, ids: list[str], base_hop: float, n_frames: int) -> np.ndarray:
+    from harmonia.ensembles.sed import to_base_rate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        z = np.load(download(uri, run_id, f"predictions/{split}_frames.npz", tmp), allow_pickle=False)
+        order = {c: i for i, c in enumerate(z["clip_id"].tolist())}
+        probs = z["probs"][[order[c] for c in ids]]
+        return to_base_rate(probs, float(z["hop_seconds"]), base_hop, n_frames)
+
+
+def load_sed(lib: "Library", uri: str, search_run_id: str, durations: float | None = None) -> "Library":
+    """Add reference events and members' frame outputs (at the feature hop) when the search logged events."""
+    import json
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            hop = json.loads(download(uri, search_run_id, "labels/hop_seconds.json", tmp).read_text())["hop_seconds"]
+        events = {s: _read_table(uri, search_run_id, f"labels/{s}_events.parquet") for s in ("valid", "test")}
+    except Exception:  # noqa: BLE001 - a weak-label dataset has no events: not a SED library
+        return lib
+    with tempfile.TemporaryDirectory() as tmp:
+        z = np.load(download(uri, lib.run_ids[0], "predictions/valid_frames.npz", tmp), allow_pickle=False)
+        n_frames = int(round(z["probs"].shape[1] * float(z["hop_seconds"]) / hop))
+    frames = {}
+    for split, ids in (("valid", lib.valid_ids), ("test", lib.test_ids)):
+        if ids:
+            frames[split] = np.stack([_read_frames(uri, r, split, ids, hop, n_frames) for r in lib.run_ids])
+    lib.hop_seconds, lib.events, lib.frames = hop, events, frames
+    return lib
 
 
 def download(uri: str, run_id: str, path: str, dst: str) -> Path:
@@ -74,7 +108,7 @@ def finished_trials(uri: str, experiment_id: str):
                                                 order_by=["attributes.start_time ASC"]))
 
 
-def collect(uri: str, experiment: str, progress: bool = True) -> Library:
+def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True) -> Library:
     """Every FINISHED trial of `experiment` whose predictions match the latest search's labels."""
     c = tracking.client(uri)
     exp = tracking.retry(lambda: c.get_experiment_by_name(experiment))
@@ -116,7 +150,7 @@ def collect(uri: str, experiment: str, progress: bool = True) -> Library:
         console.print(f"[yellow]skipped {len(skipped)} runs:[/] " + "; ".join(f"{k[:8]}: {v}" for k, v in skipped.items()))
     if not loaded:
         raise LibraryError(f"experiment {experiment!r}: no finished trial run with usable predictions")
-    return Library(
+    lib = Library(
         classes=classes,
         run_ids=[r.info.run_id for r, _, _ in loaded],
         run_names=[r.info.run_name or r.info.run_id[:8] for r, _, _ in loaded],
@@ -127,3 +161,4 @@ def collect(uri: str, experiment: str, progress: bool = True) -> Library:
         test=None if yt is None else np.stack([t for _, _, t in loaded]),
         skipped=skipped,
     )
+    return load_sed(lib, uri, search.info.run_id) if sed else lib

@@ -22,6 +22,7 @@ from harmonia.trainables.architectures import build_model
 @dataclass
 class Member:
     index: int
+    weight: float
     model: torch.nn.Module
     normalizer: Normalizer
 
@@ -45,7 +46,7 @@ class EnsemblePredictor:
             cfg = json.loads((path / m.path / "config.json").read_text())
             model = build_model(cfg["params"]["arch"], cfg["params"], cfg["feature"]["n_mels"], len(cfg["classes"]))
             model.load_state_dict(load_file(str(path / m.path / "model.safetensors")))
-            members.append(Member(m.index, model.eval(), Normalizer.from_dict(cfg["normalization"])))
+            members.append(Member(m.index, m.weight, model.eval(), Normalizer.from_dict(cfg["normalization"])))
         return cls(bundle, members)
 
     @torch.no_grad()
@@ -70,3 +71,33 @@ class EnsemblePredictor:
         df["event_labels"] = [",".join(c for c, s, t in zip(self.classes, row, self.thresholds) if s >= t)
                               for row in scores]
         return df
+
+    @torch.no_grad()
+    def frame_scores(self, features: np.ndarray) -> np.ndarray:
+        """[T, C] frame probabilities of one file at the SED hop: members weighted as in the ensemble."""
+        from harmonia.ensembles.sed import to_base_rate
+
+        total, out = 0.0, None
+        for m in self.members:
+            _, frames = m.model(torch.from_numpy(m.normalizer(features))[None])
+            hop = self.feature.hop_seconds * max(1, features.shape[0] // max(1, frames.shape[1]))
+            up = to_base_rate(frames.numpy(), hop, self.bundle.sed["hop_seconds"], features.shape[0])[0]
+            out = up * m.weight if out is None else out + up * m.weight
+            total += m.weight
+        return out / total
+
+    def predict_events(self, paths: Sequence[str | Path]) -> pd.DataFrame:
+        """DCASE event list `filename onset offset event_label` with the thresholds and median filters
+        fitted on valid; needs a bundle exported from a SED ensemble."""
+        from harmonia.ensembles.sed import SedDecisions
+        from harmonia.metrics import decode_events
+
+        if not self.bundle.sed:
+            raise ValueError("this bundle has no SED decisions (its ensemble was built from weak labels only)")
+        d = SedDecisions.from_dict(self.bundle.sed)
+        rows = []
+        for p in paths:
+            probs = self.frame_scores(extract(p, self.feature))
+            for on, off, lab in decode_events(probs, d.hop_seconds, self.classes, d.thresholds, d.median_frames):
+                rows.append({"filename": str(p), "onset": round(on, 3), "offset": round(off, 3), "event_label": lab})
+        return pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"])

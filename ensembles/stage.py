@@ -147,12 +147,16 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
     metrics.update({f"valid_{metric}": table.loc["ensemble", "valid"], "members": float(len(members))})
     if np.isfinite(table.loc["ensemble", "test"]):
         metrics[f"test_{metric}"] = table.loc["ensemble", "test"]
+    sed = fit_sed(lib, weights) if lib.frames else None
+    if sed is not None:
+        metrics.update({f"{split}_{k}": v for split, scores in sed["scores"].items() for k, v in scores.items()})
     tracking.log_metrics(c, rid, metrics, step=0)
     spec = {
         "format": "harmonia.ensemble/1", "method": method, "metric": metric, "classes": lib.classes,
         "library": lib.run_ids, "members": members, "fitted": fitted.to_dict(),
         "thresholds": thresholds.tolist(),
         "scores": {m: {"valid": float(r["valid"]), "test": float(r["test"])} for m, r in table.iterrows()},
+        "sed": None if sed is None else sed["decisions"],
     }
     files = {
         "ensemble.json": tracking.json_bytes(spec),
@@ -167,7 +171,23 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
         files["curve.png"] = _curve_png(fitted.curve, metric)
     tracking.log_files(c, rid, files)
     tracking.retry(lambda: c.set_terminated(rid, "FINISHED"))
-    return EnsembleReport(rid, method, metric, fitted, lib, thresholds, table)
+    return EnsembleReport(rid, method, metric, fitted, lib, thresholds, table,
+                          extra={} if sed is None else {"sed": sed})
+
+
+def fit_sed(lib: Library, weights: np.ndarray) -> dict:
+    """Frame outputs combined with the member weights; per-class threshold and median filter fitted on
+    valid; event- and segment-based scores on valid and test."""
+    from harmonia.ensembles import sed
+
+    probs = {split: sed.combine_frames(f, weights) for split, f in lib.frames.items()}
+    ids = {"valid": lib.valid_ids, "test": lib.test_ids}
+    n_frames = probs["valid"].shape[1]
+    targets = sed.frame_targets(lib.events["valid"], lib.valid_ids, lib.classes, n_frames, lib.hop_seconds)
+    decisions = sed.fit_decisions(probs["valid"], targets, lib.hop_seconds)
+    scores = {split: sed.score(lib.events[split], sed.decode(p, ids[split], lib.classes, decisions), ids[split], lib.classes)
+              for split, p in probs.items()}
+    return {"decisions": decisions.to_dict(), "scores": scores}
 
 
 def build_ensemble(uri: str, experiment: str, *, method: str = "selection", size: int = 20,

@@ -198,7 +198,8 @@ def _default_model_name(uri: str, run_id: str) -> str:
 
 
 @app.command()
-def predict(bundle: Path, files: list[Path], output: Path = typer.Option(Path("tags.tsv"), "-o", "--output")):
+def predict(bundle: Path, files: list[Path], output: Path = typer.Option(Path("tags.tsv"), "-o", "--output"),
+            events: Optional[Path] = typer.Option(None, help="also write DCASE events (SED bundles) to this TSV")):
     """Score WAV FILES with an exported BUNDLE; write filename, per-class scores and tags as TSV."""
     from harmonia.ensembles.predictor import EnsemblePredictor
 
@@ -206,6 +207,13 @@ def predict(bundle: Path, files: list[Path], output: Path = typer.Option(Path("t
     df = _guard(lambda: predictor.predict_files(files))
     df.to_csv(output, sep="\t", index=False, float_format="%.6f")
     console.print(f"wrote {len(df)} rows to {output}")
+    if events is not None:
+        try:
+            ev = _guard(lambda: predictor.predict_events(files))
+        except ValueError as err:
+            fail(str(err))
+        ev.to_csv(events, sep="\t", index=False)
+        console.print(f"wrote {len(ev)} events to {events}")
 
 
 @app.command()

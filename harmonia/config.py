@@ -33,22 +33,83 @@ class DataConfig(_Strict):
     synth: SynthConfig | None = Field(default_factory=SynthConfig)
 
 
-class FeatureConfig(_Strict):
-    """Log-mel front end; its hash keys the on-disk feature cache."""
+class AugmentedCopiesConfig(_Strict):
+    """Waveform augmentations precomputed once per train clip into the feature cache.
 
-    kind: Literal["logmel"] = "logmel"
+    Each value is one copy: `[-2, -1, 1, 2]` semitones and `[0.9, 0.95, 1.05, 1.1]` rates are the
+    eight copies per file that dcase2018_workshop_proceedings.txt L4558–4561 generated "before
+    training as the required processing time is long". A rate r > 1 speeds up (duration / r).
+    """
+
+    pitch_shift_semitones: list[float] = Field(default_factory=list)
+    time_stretch_rates: list[float] = Field(default_factory=list)
+
+    @field_validator("pitch_shift_semitones")
+    @classmethod
+    def _semitones_ok(cls, v: list[float]) -> list[float]:
+        if any(s == 0 for s in v):
+            raise ValueError("a pitch shift of 0 semitones is the original clip")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate semitones in {v}")
+        return v
+
+    @field_validator("time_stretch_rates")
+    @classmethod
+    def _rates_ok(cls, v: list[float]) -> list[float]:
+        if any(not r > 0 or r == 1 for r in v):
+            raise ValueError(f"time stretch rates must be > 0 and != 1, got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate rates in {v}")
+        return v
+
+    @property
+    def n_copies(self) -> int:
+        return len(self.pitch_shift_semitones) + len(self.time_stretch_rates)
+
+
+FEATURE_KIND_FIELDS: dict[str, tuple[str, ...]] = {"logmel": (), "mfcc": ("n_mfcc",), "nnf_logmel": ("nnf_k",)}
+"""Fields that only one feature kind reads; the cache key of the other kinds leaves them out."""
+
+FEATURE_WIDTH_FIELD: dict[str, str] = {"logmel": "n_mels", "mfcc": "n_mfcc", "nnf_logmel": "n_mels"}
+"""The field that gives each kind's number of features per frame (the models' input width)."""
+
+
+class FeatureConfig(_Strict):
+    """Front end (log-mel, MFCC or nearest-neighbour-filtered log-mel); its hash keys the feature cache.
+
+    The computation of each kind is registered in `harmonia.features.FEATURE_KINDS`.
+    """
+
+    kind: Literal["logmel", "mfcc", "nnf_logmel"] = "logmel"
     sample_rate: int = Field(16000, gt=0)
     n_fft: int = Field(1024, gt=0)
     hop_length: int = Field(320, gt=0)
     n_mels: int = Field(64, gt=0)
     fmin: float = Field(0.0, ge=0)
     fmax: float | None = None
+    n_mfcc: int = Field(20, gt=0)
+    nnf_k: int = Field(8, gt=0)
+    augmented_copies: AugmentedCopiesConfig = Field(default_factory=AugmentedCopiesConfig)
     cache_dir: str = ".harmonia_cache"
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change this kind's features of one waveform (what `key()` hashes).
+
+        Leaves out the cache location, the augmented copies (each copy is cached under its own
+        name next to the original) and the fields of other kinds, so that adding a kind or a copy
+        keeps every existing cache entry valid.
+        """
+        unused = {f for kind, fs in FEATURE_KIND_FIELDS.items() if kind != self.kind for f in fs}
+        return self.model_dump(exclude={"cache_dir", "augmented_copies", *unused})
 
     def key(self) -> str:
         """Stable hash of every field that changes the computed features."""
-        payload = self.model_dump(exclude={"cache_dir"})
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def n_features(self) -> int:
+        """Features per frame: n_mels, or n_mfcc for MFCC."""
+        return int(getattr(self, FEATURE_WIDTH_FIELD[self.kind]))
 
     @property
     def hop_seconds(self) -> float:
@@ -97,6 +158,7 @@ class HarmoniaConfig(_Strict):
     """A whole run: data, features, tracking, search, training, ensemble and the space overrides."""
 
     name: str = "quickstart"
+    task: Literal["tagging", "sed"] = "tagging"
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -30,17 +30,23 @@ class SearchResult:
     trials: pd.DataFrame  # one row per trial: trial_id, status, score, epochs, run_id, params
 
 
-def _log_labels(c, run_id: str, fs: FeatureSet) -> None:
-    """Targets of valid and test on the search run, so the ensemble stage needs only MLflow."""
+def _log_labels(c, run_id: str, fs: FeatureSet, events: pd.DataFrame | None = None) -> None:
+    """Targets (and strong events) of valid and test on the search run: the ensemble stage needs only MLflow."""
     files = {}
     for split in ("valid", "test"):
         if split in fs.splits:
             df = tracking.predictions_frame(fs.splits[split].clip_ids, fs.splits[split].y, fs.classes)
             files[f"labels/{split}.parquet"] = lambda p, df=df: df.to_parquet(p, index=False)
+    if events is not None and len(events):
+        for split in ("valid", "test"):
+            if split in fs.splits:
+                ev = events[events["clip_id"].isin(fs.splits[split].clip_ids)][["clip_id", "onset", "offset", "event_label"]]
+                files[f"labels/{split}_events.parquet"] = lambda p, ev=ev.reset_index(drop=True): ev.to_parquet(p, index=False)
+        files["labels/hop_seconds.json"] = tracking.json_bytes({"hop_seconds": fs.hop_seconds})
     tracking.log_files(c, run_id, files)
 
 
-def _search_run(cfg: HarmoniaConfig, exp_id: str, fs: FeatureSet, state_file: Path, resume: bool) -> str:
+def _search_run(cfg: HarmoniaConfig, exp_id: str, fs: FeatureSet, events, state_file: Path, resume: bool) -> str:
     c = tracking.client(cfg.tracking.uri)
     if resume and state_file.is_file():
         run_id = json.loads(state_file.read_text())["search_run_id"]
@@ -49,7 +55,7 @@ def _search_run(cfg: HarmoniaConfig, exp_id: str, fs: FeatureSet, state_file: Pa
     run = tracking.retry(lambda: c.create_run(exp_id, run_name=f"{cfg.name}-search",
                                               tags={tracking.KIND_TAG: "search"}))
     tracking.log_params(c, run.info.run_id, cfg.model_dump(exclude={"tracking"}))
-    _log_labels(c, run.info.run_id, fs)
+    _log_labels(c, run.info.run_id, fs, events)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"search_run_id": run.info.run_id, "experiment_id": exp_id}))
     return run.info.run_id
@@ -98,13 +104,13 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
     validate_overrides(cfg.space)
     tracking.check_reachable(cfg.tracking.uri)
     connect(cfg.search.address)
-    _, fs = prepare(cfg, progress=progress)
+    ds, fs = prepare(cfg, progress=progress)
     exp_id = tracking.ensure_experiment(cfg.tracking.uri, cfg.name, cfg.tracking.artifacts)
     path = Path(cfg.search.storage_path) / cfg.name
-    search_run_id = _search_run(cfg, exp_id, fs, path / SEARCH_STATE, resume)
+    search_run_id = _search_run(cfg, exp_id, fs, ds.events if ds.has_strong else None, path / SEARCH_STATE, resume)
     s = cfg.search
     ctx = TrialContext(cfg.tracking.uri, exp_id, search_run_id, s.max_epochs, cfg.train.patience,
-                       s.metric, cfg.train.seed, max(1, int(s.resources.cpu)))
+                       s.metric, cfg.train.seed, max(1, int(s.resources.cpu)), cfg.task)
     c = tracking.client(cfg.tracking.uri)
     status = "FAILED"
     try:

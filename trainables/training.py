@@ -30,6 +30,18 @@ class EpochResult:
     done: bool
 
 
+def pool_frame_targets(y_frames: torch.Tensor, t_out: int) -> torch.Tensor:
+    """Frame targets [B, T, C] at feature hop → [B, t_out, C] by max over each output frame's window."""
+    b, t, c = y_frames.shape
+    if t_out == t:
+        return y_frames
+    p = max(1, t // t_out)
+    y = y_frames[:, : t_out * p].reshape(b, t_out, p, c).amax(2)
+    if y.shape[1] < t_out:
+        y = torch.cat([y, y.new_zeros(b, t_out - y.shape[1], c)], 1)
+    return y
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -50,8 +62,10 @@ class Trainer:
     """
 
     def __init__(self, params: dict, data: FeatureSet, *, max_epochs: int, patience: int,
-                 metric: str = "mAP", seed: int = 0, device: torch.device | None = None):
-        self.params, self.data = params, data
+                 metric: str = "mAP", seed: int = 0, device: torch.device | None = None, task: str = "tagging"):
+        if task == "sed" and data.splits["train"].y_frames is None:
+            raise ValueError("task 'sed' needs strong labels (onset/offset) in the train split")
+        self.params, self.data, self.task = params, data, task
         self.max_epochs, self.patience, self.metric = max_epochs, patience, metric
         self.device = device or pick_device()
         torch.manual_seed(seed)
@@ -75,6 +89,10 @@ class Trainer:
 
     def train_epoch(self) -> float:
         split = self.data.splits["train"]
+        if self.params.get("aug.waveform_copies", False) and self.data.train_copies:
+            # each clip drawn uniformly from {original, its precomputed waveform copies}: FeatureSet.epoch_train
+            pick = torch.randint(len(self.data.train_copies) + 1, (len(split.y),), generator=self.gen)
+            split = self.data.epoch_train(pick.numpy())
         x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
         bs = int(self.params.get("batch_size", 32))
         if self.params.get("balanced_batches", False):
@@ -88,15 +106,19 @@ class Trainer:
             idx = order[start:start + bs]
             if len(idx) < 2:
                 continue  # batch norm needs two samples
-            batch = Batch(x[idx], y[idx])
+            yf = None if self.task != "sed" else torch.from_numpy(split.y_frames[idx.numpy()]).float()
+            batch = Batch(x[idx], y[idx], yf)
             for aug in self.augmentations:
                 batch = aug(batch, self.gen)
             xb, yb = batch.x.to(self.device), batch.y.to(self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
-                clip, _ = self.model(xb)
+                clip, frames = self.model(xb)
             if not torch.isfinite(clip).all():
                 raise NonFiniteLossError(f"model outputs became NaN/inf at epoch {self.epoch + 1} (loss undefined)")
             loss = nn.functional.binary_cross_entropy(clip.float().clamp(1e-7, 1 - 1e-7), yb)
+            if batch.y_frames is not None:
+                target = pool_frame_targets(batch.y_frames, frames.shape[1]).to(self.device)
+                loss = loss + nn.functional.binary_cross_entropy(frames.float().clamp(1e-7, 1 - 1e-7), target)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.epoch + 1}")
             self.optimizer.zero_grad(set_to_none=True)

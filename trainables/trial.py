@@ -32,6 +32,7 @@ class TrialContext:
     metric: str
     seed: int
     num_threads: int
+    task: str = "tagging"
 
 
 def member_config(params: dict, data: FeatureSet, best_epoch: int) -> dict:
@@ -118,7 +119,7 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
     c = tracking.client(ctx.tracking_uri)
     params = dict(config)
     trainer = Trainer(params, data, max_epochs=ctx.max_epochs, patience=ctx.patience,
-                      metric=ctx.metric, seed=ctx.seed + int(params.get("seed", 0)))
+                      metric=ctx.metric, seed=ctx.seed + int(params.get("seed", 0)), task=ctx.task)
     run_id = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
