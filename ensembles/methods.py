@@ -128,16 +128,32 @@ def register_method(name: str) -> Callable[[Callable[..., FittedEnsemble]], Call
 
 
 def fit_method(
-    name: str, preds_valid: np.ndarray, y_valid: np.ndarray, metric: str | Metric = "mAP", **kwargs
+    name: str, preds_valid: np.ndarray, y_valid: np.ndarray, metric: str | Metric = "mAP",
+    fallback: bool = True, **kwargs
 ) -> FittedEnsemble:
-    """Fit the ensemble method ``name`` on valid predictions; KeyError lists the valid names."""
+    """Fit the ensemble method ``name`` on valid predictions; KeyError lists the valid names. With
+    ``fallback`` the result is never worse than the best single model on valid."""
     if name not in METHODS:
         raise KeyError(f"unknown ensemble method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
     p = np.asarray(preds_valid)
     y = np.asarray(y_valid)
     if p.ndim != 3 or p.shape[1:] != y.shape:
         raise ValueError(f"preds_valid must be [M, N, C] matching y_valid [N, C]; got {p.shape} and {y.shape}")
-    return METHODS[name](p, y, metric=metric, **kwargs)
+    fitted = METHODS[name](p, y, metric=metric, **kwargs)
+    return _no_worse_than_best_single(fitted, p, y, get_metric(metric)) if fallback else fitted
+
+
+def _no_worse_than_best_single(fitted: FittedEnsemble, preds: np.ndarray, y: np.ndarray, metric: Metric) -> FittedEnsemble:
+    """Model selection on valid: a method that scores below the best single model on valid (e.g. SLSQP
+    fits BCE, not the metric) is replaced by that model, and says so in ``params["fallback"]``."""
+    best = int(_ranked(preds, y, metric)[0])
+    single = metric.sign() * metric(y, preds[best])
+    if metric.sign() * metric(y, fitted.predict(preds)) >= single - 1e-12:
+        return fitted
+    w = np.zeros(len(preds))
+    w[best] = 1.0
+    return FittedEnsemble(fitted.method, w, {"combine": "linear", "metric": metric.name, "fallback": "best single",
+                                              "replaced": fitted.to_dict()["params"]}, fitted.curve)
 
 
 def _ranked(preds: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndarray:
@@ -145,6 +161,25 @@ def _ranked(preds: np.ndarray, y: np.ndarray, metric: Metric) -> np.ndarray:
     scores = np.array([metric.sign() * metric(y, p) for p in preds])
     scores = np.where(np.isnan(scores), -np.inf, scores)
     return np.lexsort((np.arange(len(preds)), -scores))
+
+
+def _prefix_members(preds: np.ndarray, y: np.ndarray, metric: Metric, k: int | str | None, combine: str,
+                    threshold: float = 0.5) -> np.ndarray:
+    """The k best models; k="auto" picks the prefix of the valid ranking that scores best on valid
+    (ties to the smaller k), so the best single model (k=1) is always a candidate; None means all."""
+    order = _ranked(preds, y, metric)
+    if k is None:
+        return np.arange(len(preds))
+    if k != "auto":
+        return order[: max(1, int(k))]
+    total = np.zeros(preds.shape[1:], np.float64)
+    best_k, best = 1, -np.inf
+    for i, m in enumerate(order, start=1):
+        total += (preds[m] >= threshold) if combine == "vote" else preds[m]
+        score = metric.sign() * metric(y, total / i)
+        if score > best + 1e-12:
+            best_k, best = i, score
+    return order[:best_k]
 
 
 def _equal_weights(m: int, members: np.ndarray) -> np.ndarray:
@@ -177,9 +212,9 @@ def fit_bagged_selection(preds: np.ndarray, y: np.ndarray, metric: Metric, size:
 
 
 @register_method("average")
-def fit_average(preds: np.ndarray, y: np.ndarray, metric: Metric, k: int = 5) -> FittedEnsemble:
-    """Plain average of the ``k`` best models by valid metric (AE, proceedings L2786-2789)."""
-    members = _ranked(preds, y, metric)[: max(1, k)]
+def fit_average(preds: np.ndarray, y: np.ndarray, metric: Metric, k: int | str = "auto") -> FittedEnsemble:
+    """Plain average of the ``k`` best models by valid metric (AE, proceedings L2786-2789); k chosen on valid by default."""
+    members = _prefix_members(preds, y, metric, k, "linear")
     return FittedEnsemble("average", _equal_weights(len(preds), members),
                           {"combine": "linear", "metric": metric.name, "k": int(len(members))})
 
@@ -217,22 +252,22 @@ def fit_weighted(preds: np.ndarray, y: np.ndarray, metric: Metric, top_k: int | 
 
 
 @register_method("majority_vote")
-def fit_majority_vote(preds: np.ndarray, y: np.ndarray, metric: Metric, k: int | None = None,
+def fit_majority_vote(preds: np.ndarray, y: np.ndarray, metric: Metric, k: int | str | None = "auto",
                       threshold: float = 0.5) -> FittedEnsemble:
     """Fraction of the members (the ``k`` best, default all) whose score is >= ``threshold``
     (MV, proceedings L2835-2841); >= 0.5 is the majority decision, and the fraction still ranks."""
-    members = _ranked(preds, y, metric)[:k] if k else np.arange(len(preds))
+    members = _prefix_members(preds, y, metric, k, "vote", threshold)
     return FittedEnsemble("majority_vote", _equal_weights(len(preds), members),
-                          {"combine": "vote", "metric": metric.name, "threshold": float(threshold), "k": k})
+                          {"combine": "vote", "metric": metric.name, "threshold": float(threshold), "k": int(len(members))})
 
 
 @register_method("average_vote")
-def fit_average_vote(preds: np.ndarray, y: np.ndarray, metric: Metric, k: int | None = None) -> FittedEnsemble:
+def fit_average_vote(preds: np.ndarray, y: np.ndarray, metric: Metric, k: int | str | None = "auto") -> FittedEnsemble:
     """Soft vote: mean probability of the members (the ``k`` best, default all); AV of
     proceedings L2838-2841, whose decision is the argmax / threshold of this mean."""
-    members = _ranked(preds, y, metric)[:k] if k else np.arange(len(preds))
+    members = _prefix_members(preds, y, metric, k, "linear")
     return FittedEnsemble("average_vote", _equal_weights(len(preds), members),
-                          {"combine": "linear", "metric": metric.name, "k": k})
+                          {"combine": "linear", "metric": metric.name, "k": int(len(members))})
 
 
 def _fit_class_lr(z: np.ndarray, t: np.ndarray, folds: int, cs: int, seed: int) -> tuple[np.ndarray, float, float]:

@@ -83,8 +83,6 @@ def _method_kwargs(method: str, size: int, top_k: int, extra: dict) -> dict:
     kwargs = dict(extra)
     if method in SIZED_METHODS:
         kwargs.setdefault("size", size)
-    if method == "average":
-        kwargs.setdefault("k", top_k)
     return kwargs
 
 

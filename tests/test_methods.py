@@ -80,8 +80,10 @@ def test_weighted_minimizes_bce(fitted: dict[str, FittedEnsemble]) -> None:
     assert got <= min(bce(yv, p) for p in pv) + 1e-9
 
 
-def test_average_and_votes(fitted: dict[str, FittedEnsemble]) -> None:
+def test_average_and_votes() -> None:
     pv, yv, _, _ = LIB
+    fitted = {n: fit_method(n, pv, yv, fallback=False, k=k) for n, k in
+              (("average", 5), ("majority_vote", None), ("average_vote", None))}
     avg = fitted["average"]
     assert (avg.weights > 0).sum() == 5
     order = np.argsort([-mAP(yv, p) for p in pv], kind="stable")[:5]
@@ -142,6 +144,24 @@ def test_register_method() -> None:
 
     try:
         pv, yv, _, _ = LIB
-        np.testing.assert_allclose(fit_method("_first_member", pv, yv).predict(pv), pv[0])
+        np.testing.assert_allclose(fit_method("_first_member", pv, yv, fallback=False).predict(pv), pv[0])
     finally:
         METHODS.pop("_first_member")
+
+
+def test_auto_k_picks_the_best_prefix_on_valid() -> None:
+    pv, yv, _, _ = LIB
+    order = np.argsort([-mAP(yv, p) for p in pv], kind="stable")
+    scores = [mAP(yv, pv[order[:k]].astype(np.float64).mean(0)) for k in range(1, len(pv) + 1)]
+    f = fit_method("average", pv, yv, fallback=False)
+    assert (f.weights > 0).sum() == int(np.argmax(scores)) + 1
+
+
+def test_every_method_matches_or_beats_the_best_single_model_on_valid() -> None:
+    pv, yv, _, _ = LIB
+    best = max(mAP(yv, p) for p in pv)
+    for name in METHODS:
+        f = fit_method(name, pv, yv, metric="mAP", **FAST_KWARGS.get(name, {}))
+        assert mAP(yv, f.predict(pv)) >= best - 1e-9, name
+        if "fallback" in f.params:
+            assert (f.weights > 0).sum() == 1
