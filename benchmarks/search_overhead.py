@@ -77,11 +77,14 @@ def main() -> None:
         prepare(serial, progress=False)  # dataset + feature cache, shared by all three
         connect(None, num_cpus=2)  # Ray start-up is paid once per session, not per search
         ensure_experiment(serial.tracking.uri, "warm-up", serial.tracking.artifacts)  # one-off store creation
-        t_direct = direct(serial, args.trials)
+        # Direct runs before and after the searches: their mean cancels slow drifts in machine load.
+        before = direct(serial, args.trials)
         t_serial, start_serial = searched(serial)
         t_conc, start_conc = searched(config(base, "concurrent", args.trials, args.epochs, 2, args.clips))
+        after = direct(serial, args.trials)
+        t_direct = (before + after) / 2
     print(f"{args.trials} trials × {args.epochs} epochs, {args.clips} clips")
-    print(f"direct training loop          {t_direct:7.1f} s")
+    print(f"direct training loop          {t_direct:7.1f} s   (before {before:.1f} s, after {after:.1f} s)")
     print(f"harmonia search, 1 at a time  {t_serial:7.1f} s   ratio {t_serial / t_direct:.3f}  (target ≤ 1.15)"
           f"   of which {start_serial:.1f} s before the first trial ran (worker start-up, imports)")
     print(f"  without that one-off start-up: ratio {(t_serial - start_serial) / t_direct:.3f}")

@@ -95,7 +95,9 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
         run_config=tune.RunConfig(name=cfg.name, storage_path=s.storage_path, verbose=0,
                                   callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                                  # num_to_keep=1 makes Tune save its resume state after every checkpoint,
+                                  # so a killed driver resumes every trial it had started.
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
 
 
@@ -119,6 +121,7 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
             tuner = build_tuner(cfg, fs, ctx, callbacks, resume)
             results = tuner.fit()
         status = "FINISHED"
+        close_orphans(c, exp_id, search_run_id)
     finally:
         tracking.retry(lambda: c.set_terminated(search_run_id, status))
     table = trials_table(results, s.metric)
@@ -126,6 +129,17 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
         best = table.iloc[0]
         tracking.log_metrics(c, search_run_id, {f"best_valid_{s.metric}": float(best["score"])}, step=0)
     return SearchResult(cfg.name, exp_id, search_run_id, str(path), table)
+
+
+def close_orphans(c, exp_id: str, search_run_id: str) -> None:
+    """After fit, trial runs of this search still RUNNING belong to attempts lost with a killed driver
+    (Tune had not saved their state): mark them KILLED so none stays RUNNING forever."""
+    flt = (f"tags.`{tracking.PARENT_TAG}` = '{search_run_id}' and tags.`{tracking.KIND_TAG}` = 'trial' "
+           "and attributes.status = 'RUNNING'")
+    for run in tracking.retry(lambda: c.search_runs([exp_id], filter_string=flt)):
+        tracking.retry(lambda: c.set_tag(run.info.run_id, "harmonia.error",
+                                         "attempt lost when the driver died before Tune saved its state"))
+        tracking.retry(lambda: c.set_terminated(run.info.run_id, "KILLED"))
 
 
 def trials_table(results, metric: str) -> pd.DataFrame:
