@@ -44,7 +44,8 @@ class EnsemblePredictor:
         members = []
         for m in bundle.members:
             cfg = json.loads((path / m.path / "config.json").read_text())
-            model = build_model(cfg["params"]["arch"], cfg["params"], cfg["feature"]["n_mels"], len(cfg["classes"]))
+            model = build_model(cfg["params"]["arch"], cfg["params"], FeatureConfig(**cfg["feature"]).n_features,
+                                len(cfg["classes"]))
             model.load_state_dict(load_file(str(path / m.path / "model.safetensors")))
             members.append(Member(m.index, m.weight, model.eval(), Normalizer.from_dict(cfg["normalization"])))
         return cls(bundle, members)

@@ -1,22 +1,45 @@
-"""Log-mel features, computed once per (feature config, file content) and cached on disk."""
+"""Features (log-mel, MFCC, NNF log-mel) and waveform-augmented copies, computed once per
+(feature config, file content, copy) and cached on disk."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 
 from harmonia.audio import load_audio
-from harmonia.config import FeatureConfig
+from harmonia.config import AugmentedCopiesConfig, FeatureConfig
 from harmonia.progress import progress_bar
 
+if TYPE_CHECKING:
+    import torch
 
+FeatureFn = Callable[[np.ndarray, FeatureConfig], np.ndarray]
+
+FEATURE_KINDS: dict[str, FeatureFn] = {}
+"""`FeatureConfig.kind` → `fn(waveform, cfg) -> [frames, cfg.n_features] float32`."""
+
+
+def register_feature_kind(name: str) -> Callable[[FeatureFn], FeatureFn]:
+    """Register a feature kind; `name` must also be one of `FeatureConfig.kind`'s literals, and a kind
+    with parameters of its own lists them in `config.FEATURE_KIND_FIELDS` (and its width in
+    `config.FEATURE_WIDTH_FIELD`)."""
+
+    def deco(fn: FeatureFn) -> FeatureFn:
+        FEATURE_KINDS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_feature_kind("logmel")
 def logmel(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """Log-mel spectrogram [frames, n_mels] float32 of a mono waveform at cfg.sample_rate."""
     import librosa
@@ -34,9 +57,162 @@ def logmel(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return librosa.power_to_db(mel, ref=1.0, top_db=None).T.astype(np.float32)
 
 
-def extract(path: str | Path, cfg: FeatureConfig) -> np.ndarray:
-    """Features of one audio file (no cache)."""
-    return logmel(load_audio(path, cfg.sample_rate), cfg)
+@register_feature_kind("mfcc")
+def mfcc(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """MFCC [frames, n_mfcc] float32: DCT-II (orthonormal) of the log-mel in dB (`logmel`), as
+    `librosa.feature.mfcc(S=log-mel dB)`; the log-mel + MFCC pair of gated_crnn_attention_dcase2017.txt."""
+    import librosa
+
+    c = librosa.feature.mfcc(S=logmel(y, cfg).T, n_mfcc=cfg.n_mfcc)
+    return np.ascontiguousarray(c.T, dtype=np.float32)
+
+
+def nn_filter(x: "torch.Tensor", k: int, metric: Literal["cosine", "euclidean"] = "cosine",
+              block: int = 2048) -> "torch.Tensor":
+    """Nearest-neighbour filter: each frame becomes the element-wise median of its k most similar frames.
+
+    x [B, T, F] → [B, T, F] (also [T, F] → [T, F]). Similarity between frames is cosine (REPET-SIM
+    style, the default) or negative euclidean distance; the frame itself is one of its k neighbours
+    (its similarity to itself is maximal), so a frame that occurs k or more times in a clip is
+    returned unchanged. For even k the median is the mean of the two middle values (as numpy's).
+    k is capped at T. Vectorized: a [B, rows, T] similarity block (rows ≤ `block`, so long files
+    need no T×T matrix), top-k, gather, sort.
+
+    Steps 1–3 of dcase2018_workshop_proceedings.txt L2691–2716 (§2.2). The paper filters mel
+    energies before the log and reports euclidean better than cosine with k = 5 (L2717–2721); the
+    MI-CNN applies it to its normalized log-mel input, the `nnf_logmel` feature to the log-mel in dB.
+    """
+    import torch
+
+    if k < 1:
+        raise ValueError(f"nn_filter: k must be ≥ 1, got {k}")
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"nn_filter: metric must be 'cosine' or 'euclidean', got {metric!r}")
+    squeeze = x.dim() == 2
+    if squeeze:
+        x = x.unsqueeze(0)
+    b, t, _ = x.shape
+    k = min(k, t)
+    xn = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8) if metric == "cosine" else x
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    outs = []
+    for start in range(0, t, block):
+        q = xn[:, start:start + block]
+        sim = q @ xn.transpose(1, 2) if metric == "cosine" else -torch.cdist(q, xn)  # [B, rows, T]
+        idx = sim.topk(k, dim=-1).indices  # [B, rows, k]
+        s = x[batch, idx].sort(dim=2).values  # [B, rows, k, F]
+        outs.append(s[:, :, k // 2] if k % 2 else 0.5 * (s[:, :, k // 2 - 1] + s[:, :, k // 2]))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    return out.squeeze(0) if squeeze else out
+
+
+def nn_filter_np(x: np.ndarray, k: int, metric: Literal["cosine", "euclidean"] = "cosine") -> np.ndarray:
+    """`nn_filter` on a numpy array [T, F] or [B, T, F]; float32 out."""
+    import torch
+
+    return nn_filter(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), k, metric).numpy()
+
+
+@register_feature_kind("nnf_logmel")
+def nnf_logmel(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Log-mel [frames, n_mels] with every frame replaced by the median of its `nnf_k` most
+    cosine-similar frames (REPET-SIM nearest-neighbour filter, `nn_filter`)."""
+    return nn_filter_np(logmel(y, cfg), cfg.nnf_k)
+
+
+WaveFn = Callable[[np.ndarray, int, float], np.ndarray]
+
+WAVEFORM_AUGMENTATIONS: dict[str, WaveFn] = {}
+"""Waveform augmentation name → `fn(y, sample_rate, value) -> y'`, for the precomputed copies."""
+
+
+def register_waveform_augmentation(name: str) -> Callable[[WaveFn], WaveFn]:
+    def deco(fn: WaveFn) -> WaveFn:
+        WAVEFORM_AUGMENTATIONS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_waveform_augmentation("pitch_shift")
+def pitch_shift(y: np.ndarray, sr: int, semitones: float) -> np.ndarray:
+    """Every frequency × 2^(semitones/12), same duration (librosa: phase vocoder + resampling)."""
+    import librosa
+
+    return librosa.effects.pitch_shift(y, sr=sr, n_steps=semitones).astype(np.float32)
+
+
+@register_waveform_augmentation("time_stretch")
+def time_stretch(y: np.ndarray, sr: int, rate: float) -> np.ndarray:
+    """Duration / rate, same pitch (librosa phase vocoder); rate > 1 is faster."""
+    import librosa
+
+    return librosa.effects.time_stretch(y, rate=rate).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class WaveCopy:
+    """One precomputed waveform-augmented copy of every train clip: `augmentation(y, sr, value)`."""
+
+    augmentation: str
+    value: float
+
+    @property
+    def name(self) -> str:
+        """Part of the cache file name, e.g. `pitch_shift+2`, `time_stretch0.9`."""
+        return f"{self.augmentation}{self.value:+g}" if self.augmentation == "pitch_shift" \
+            else f"{self.augmentation}{self.value:g}"
+
+    @property
+    def time_scale(self) -> float:
+        """Factor on event times and duration in the copy (1 / rate for a time stretch)."""
+        return 1.0 / self.value if self.augmentation == "time_stretch" else 1.0
+
+    def apply(self, y: np.ndarray, sr: int) -> np.ndarray:
+        return WAVEFORM_AUGMENTATIONS[self.augmentation](y, sr, self.value)
+
+
+def wave_copies(cfg: AugmentedCopiesConfig) -> list[WaveCopy]:
+    """The copies a config asks for: one per semitone value, then one per stretch rate."""
+    return [WaveCopy("pitch_shift", float(s)) for s in cfg.pitch_shift_semitones] + \
+        [WaveCopy("time_stretch", float(r)) for r in cfg.time_stretch_rates]
+
+
+def features_of(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Features of a waveform at cfg.sample_rate, dispatched on `cfg.kind` through FEATURE_KINDS."""
+    try:
+        fn = FEATURE_KINDS[cfg.kind]
+    except KeyError:
+        raise ValueError(f"unknown feature kind {cfg.kind!r}; registered: {', '.join(sorted(FEATURE_KINDS))}") from None
+    return fn(y, cfg)
+
+
+def extract(path: str | Path, cfg: FeatureConfig, copy: WaveCopy | None = None) -> np.ndarray:
+    """Features of one audio file, or of one waveform-augmented copy of it (no cache)."""
+    y = load_audio(path, cfg.sample_rate)
+    return features_of(y if copy is None else copy.apply(y, cfg.sample_rate), cfg)
+
+
+def _extract_variants(path: str, cfg: FeatureConfig, variants: tuple[WaveCopy | None, ...]) -> list[np.ndarray]:
+    """Features of several variants of one file (None = the original), reading the audio once."""
+    y = load_audio(path, cfg.sample_rate)
+    return [features_of(y if v is None else v.apply(y, cfg.sample_rate), cfg) for v in variants]
+
+
+def _one_thread_per_worker() -> None:
+    """Process-pool initializer: one BLAS/OpenMP/torch thread per worker process. With the default
+    (a thread per core in every worker) the processes oversubscribe the cores: precomputing the
+    copies of benchmarks/waveform_augmentation.py took 3.7× longer on 2 cores."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"  # libraries this worker loads later
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # libraries already loaded (inherited through fork)
+    except ImportError:  # pragma: no cover (a dependency of scikit-learn)
+        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def file_digest(path: str | Path) -> str:
@@ -49,14 +225,16 @@ def file_digest(path: str | Path) -> str:
 
 
 class FeatureCache:
-    """On-disk cache at `cache_dir/<config hash>/<file hash>.npy`; entries are written atomically."""
+    """On-disk cache at `cache_dir/<config hash>/<file hash>.npy`, the augmented copies next to it as
+    `<file hash>.<copy name>.npy`; entries are written atomically, unreadable ones are rebuilt."""
 
     def __init__(self, cfg: FeatureConfig):
         self.cfg = cfg
         self.dir = Path(cfg.cache_dir) / cfg.key()
 
-    def entry(self, path: str | Path) -> Path:
-        return self.dir / f"{file_digest(path)}.npy"
+    def entry(self, path: str | Path, copy: WaveCopy | None = None, digest: str | None = None) -> Path:
+        digest = digest or file_digest(path)
+        return self.dir / (f"{digest}.npy" if copy is None else f"{digest}.{copy.name}.npy")
 
     def load(self, entry: Path) -> np.ndarray | None:
         """The cached array, or None when absent or unreadable (a half-written entry is rebuilt)."""
@@ -67,7 +245,7 @@ class FeatureCache:
         except (ValueError, OSError, EOFError):
             entry.unlink(missing_ok=True)
             return None
-        if arr.ndim != 2 or arr.shape[1] != self.cfg.n_mels:
+        if arr.ndim != 2 or arr.shape[1] != self.cfg.n_features or arr.dtype != np.float32:
             entry.unlink(missing_ok=True)
             return None
         return arr
@@ -86,24 +264,41 @@ class FeatureCache:
     def get_many(self, paths: Sequence[str | Path], workers: int | None = None,
                  progress: bool = True) -> list[np.ndarray]:
         """Features for every path, computing the missing ones in parallel processes."""
-        entries = [self.entry(p) for p in paths]
-        out: list[np.ndarray | None] = [self.load(e) for e in entries]
-        missing = [i for i, a in enumerate(out) if a is None]
-        if missing:
-            workers = workers or max(1, min(len(missing), os.cpu_count() or 1))
-            with progress_bar(f"features ({len(missing)} new)", len(missing), enabled=progress) as advance:
+        return [row[0] for row in self._get(paths, (None,), workers, progress, "features")]
+
+    def get_copies(self, paths: Sequence[str | Path], copies: Sequence[WaveCopy], workers: int | None = None,
+                   progress: bool = True) -> list[list[np.ndarray]]:
+        """`out[j][i]`: features of copy j of path i; missing ones computed in parallel processes
+        (one task per file: its audio is read once for all of its missing copies)."""
+        rows = self._get(paths, tuple(copies), workers, progress, "augmented copies")
+        return [[row[j] for row in rows] for j in range(len(copies))]
+
+    def _get(self, paths: Sequence[str | Path], variants: tuple[WaveCopy | None, ...], workers: int | None,
+             progress: bool, label: str) -> list[list[np.ndarray]]:
+        entries = [[self.entry(p, v, d) for v in variants] for p, d in ((p, file_digest(p)) for p in paths)]
+        out: list[list[np.ndarray | None]] = [[self.load(e) for e in row] for row in entries]
+        todo = [(i, tuple(j for j, a in enumerate(row) if a is None)) for i, row in enumerate(out)]
+        todo = [(i, js) for i, js in todo if js]
+        if todo:
+            n_new = sum(len(js) for _, js in todo)
+            workers = workers or max(1, min(len(todo), os.cpu_count() or 1))
+            with progress_bar(f"{label} ({n_new} new)", len(todo), enabled=progress) as advance:
+
+                def finish(i: int, js: tuple[int, ...], arrays: list[np.ndarray]) -> None:
+                    for j, a in zip(js, arrays):
+                        out[i][j] = a
+                        self.store(entries[i][j], a)
+                    advance()
+
                 if workers == 1:
-                    for i in missing:
-                        out[i] = extract(paths[i], self.cfg)
-                        self.store(entries[i], out[i])
-                        advance()
+                    for i, js in todo:
+                        finish(i, js, _extract_variants(str(paths[i]), self.cfg, tuple(variants[j] for j in js)))
                 else:
-                    with ProcessPoolExecutor(max_workers=workers) as pool:
-                        futures = {i: pool.submit(extract, str(paths[i]), self.cfg) for i in missing}
-                        for i, fut in futures.items():
-                            out[i] = fut.result()
-                            self.store(entries[i], out[i])
-                            advance()
+                    with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_per_worker) as pool:
+                        futures = [(i, js, pool.submit(_extract_variants, str(paths[i]), self.cfg,
+                                                       tuple(variants[j] for j in js))) for i, js in todo]
+                        for i, js, fut in futures:
+                            finish(i, js, fut.result())
         return out  # type: ignore[return-value]
 
 
@@ -121,7 +316,7 @@ def stack_frames(arrays: Iterable[np.ndarray], frames: int) -> np.ndarray:
 
 @dataclass
 class Normalizer:
-    """Per-mel-bin standardization; statistics come from the train split only."""
+    """Per-feature (mel bin or MFCC) standardization; statistics come from the train split only."""
 
     mean: np.ndarray
     std: np.ndarray

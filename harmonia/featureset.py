@@ -8,7 +8,7 @@ import numpy as np
 
 from harmonia.config import FeatureConfig
 from harmonia.datasets import Dataset
-from harmonia.features import FeatureCache, Normalizer, stack_frames
+from harmonia.features import FeatureCache, Normalizer, WaveCopy, stack_frames, wave_copies
 
 SPLITS = ("train", "valid", "test")
 
@@ -23,17 +23,53 @@ class SplitArrays:
 
 @dataclass
 class FeatureSet:
-    """Everything a trial needs, small enough to `ray.put` once and share by reference."""
+    """Everything a trial needs, small enough to `ray.put` once and share by reference.
+
+    `train_copies[j]` holds the features of the j-th precomputed waveform copy (pitch shift or time
+    stretch, `features.augmented_copies`) of every train clip, rows in the order of `splits["train"]`,
+    normalized with the train statistics of the originals; `copy_names[j]` names it.
+    """
 
     classes: list[str]
     feature: dict
     normalizer: Normalizer
     frames: int
     splits: dict[str, SplitArrays] = field(default_factory=dict)
+    train_copies: list[SplitArrays] = field(default_factory=list)
+    copy_names: list[str] = field(default_factory=list)
+
+    @property
+    def n_features(self) -> int:
+        """Features per frame (n_mels, or n_mfcc for MFCC): the models' input width."""
+        return FeatureConfig.model_validate(self.feature).n_features
 
     @property
     def n_mels(self) -> int:
-        return int(self.feature["n_mels"])
+        """Alias of `n_features` (the name predates MFCC features)."""
+        return self.n_features
+
+    def epoch_train(self, pick: np.ndarray | None) -> SplitArrays:
+        """The train split for one epoch with clip i taken from variant `pick[i]`: 0 the original,
+        j ≥ 1 `train_copies[j - 1]` (features and frame targets; clip targets are the same).
+
+        The Trainer draws `pick` uniformly from {0, …, len(train_copies)} per clip and epoch when
+        `aug.waveform_copies` is on; None (or no copies) gives the original split itself.
+        """
+        base = self.splits["train"]
+        if pick is None or not self.train_copies:
+            return base
+        pick = np.asarray(pick)
+        if pick.shape != (len(base.y),) or pick.min() < 0 or pick.max() > len(self.train_copies):
+            raise ValueError(f"pick must be {len(base.y)} ints in [0, {len(self.train_copies)}]")
+        x = base.x.copy()
+        yf = None if base.y_frames is None else base.y_frames.copy()
+        for j, c in enumerate(self.train_copies, start=1):
+            rows = np.flatnonzero(pick == j)
+            if len(rows):
+                x[rows] = c.x[rows]
+                if yf is not None and c.y_frames is not None:
+                    yf[rows] = c.y_frames[rows]
+        return SplitArrays(base.clip_ids, x, base.y, yf)
 
     @property
     def hop_seconds(self) -> float:
@@ -52,27 +88,59 @@ def frame_targets(events, clip_ids: list[str], classes: list[str], frames: int, 
     return out
 
 
-def build_feature_set(ds: Dataset, cfg: FeatureConfig, progress: bool = True) -> FeatureSet:
-    """Read (or fill) the feature cache for every clip; normalization statistics from train only."""
+def scale_events(events, factor: float):
+    """Events with onset and offset × factor (a time stretch by rate r moves them by 1 / r)."""
+    if factor == 1.0:
+        return events
+    out = events.copy()
+    out["onset"] = out["onset"] * factor
+    out["offset"] = out["offset"] * factor
+    return out
+
+
+def build_feature_set(ds: Dataset, cfg: FeatureConfig, progress: bool = True,
+                      workers: int | None = None) -> FeatureSet:
+    """Read (or fill) the feature cache for every clip and every augmented copy of the train clips;
+    normalization statistics from the train originals only."""
     cache = FeatureCache(cfg)
     all_clips = ds.clips
-    arrays = cache.get_many(list(all_clips["path"]), progress=progress)
-    frames = int(np.median([a.shape[0] for a in arrays]))
+    arrays = cache.get_many(list(all_clips["path"]), workers=workers, progress=progress)
     by_id = dict(zip(all_clips["clip_id"], arrays))
-    raw: dict[str, tuple[list[str], np.ndarray]] = {}
-    for split in SPLITS:
-        rows = ds.split(split)
-        if len(rows):
-            ids = list(rows["clip_id"])
-            raw[split] = (ids, stack_frames((by_id[i] for i in ids), frames))
-    if "train" not in raw:
+    ids_of = {split: list(ds.split(split)["clip_id"]) for split in SPLITS}
+    ids_of = {split: ids for split, ids in ids_of.items() if ids}
+    if "train" not in ids_of:
         raise ValueError(f"{ds.root}: the dataset has no train split")
+    # The clip length (median over train) is fitted like the normalizer: valid/test change neither.
+    frames = int(np.median([by_id[i].shape[0] for i in ids_of["train"]]))
+    raw = {split: (ids, stack_frames((by_id[i] for i in ids), frames)) for split, ids in ids_of.items()}
     norm = Normalizer.fit(raw["train"][1])
-    fs = FeatureSet(list(ds.classes), cfg.model_dump(exclude={"cache_dir"}), norm, frames)
+    feature = cfg.identity()  # what inference needs to recompute the features (FeatureConfig(**feature))
+    if cfg.augmented_copies.n_copies:
+        feature["augmented_copies"] = cfg.augmented_copies.model_dump()  # recorded with each trial's model
+    fs = FeatureSet(list(ds.classes), feature, norm, frames)
     for split, (ids, x) in raw.items():
         yf = frame_targets(ds.events, ids, fs.classes, frames, cfg.hop_seconds) if ds.has_strong else None
         fs.splits[split] = SplitArrays(ids, norm(x), ds.targets(split), yf)
+    copies = wave_copies(cfg.augmented_copies)
+    if copies:
+        _add_train_copies(fs, ds, cache, copies, workers, progress)
     return fs
+
+
+def _add_train_copies(fs: FeatureSet, ds: Dataset, cache: FeatureCache, copies: list[WaveCopy],
+                      workers: int | None, progress: bool) -> None:
+    """Fill `fs.train_copies` from the cache (computing missing copies once, in parallel): cropped or
+    padded to `fs.frames`; for strong labels, event times × 1 / rate so frame targets follow."""
+    train = fs.splits["train"]
+    paths = dict(zip(ds.clips["clip_id"], ds.clips["path"]))
+    per_copy = cache.get_copies([paths[i] for i in train.clip_ids], copies, workers=workers, progress=progress)
+    for copy, arrays in zip(copies, per_copy):
+        yf = None
+        if train.y_frames is not None:
+            events = scale_events(ds.events, copy.time_scale)
+            yf = frame_targets(events, train.clip_ids, fs.classes, fs.frames, cache.cfg.hop_seconds)
+        fs.train_copies.append(SplitArrays(train.clip_ids, fs.normalizer(stack_frames(arrays, fs.frames)), train.y, yf))
+        fs.copy_names.append(copy.name)
 
 
 def prepare(cfg, progress: bool = True) -> tuple[Dataset, FeatureSet]:

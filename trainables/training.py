@@ -70,7 +70,7 @@ class Trainer:
         self.device = device or pick_device()
         torch.manual_seed(seed)
         self.gen = torch.Generator().manual_seed(seed)
-        self.model = build_model(params["arch"], params, data.n_mels, len(data.classes)).to(self.device)
+        self.model = build_model(params["arch"], params, data.n_features, len(data.classes)).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(params.get("lr", 1e-3)),
                                           weight_decay=float(params.get("weight_decay", 0.0)))
         self.augmentations = build_augmentations(params)

@@ -13,44 +13,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from harmonia.features import nn_filter  # noqa: F401  (the NNF math lives in the kernel, shared with `nnf_logmel`)
 from harmonia.trainables.architectures.registry import ModelOutput, register_architecture
 
 BLOCK_FILTERS = {2: (32, 256), 3: (32, 64, 256), 4: (32, 64, 128, 256)}
 """Filters per conv block for 2, 3 and 4 blocks (proceedings L2767–2771)."""
-
-
-def nn_filter(x: torch.Tensor, k: int, metric: Literal["cosine", "euclidean"] = "cosine") -> torch.Tensor:
-    """Nearest-neighbour filter: each frame becomes the element-wise median of its k most similar frames.
-
-    x [B, T, F] → [B, T, F] (also [T, F] → [T, F]). Similarity between frames is cosine (REPET-SIM
-    style, the default) or negative euclidean distance; the frame itself is one of its k neighbours
-    (its similarity to itself is maximal), so a frame that occurs k or more times in a clip is
-    returned unchanged. For even k the median is the mean of the two middle values (as numpy's).
-    k is capped at T. Vectorized: one [B, T, T] similarity matrix, top-k, gather, sort.
-
-    Steps 1–3 of proceedings L2691–2716 (§2.2). The paper filters mel energies before the log and
-    reports euclidean better than cosine with k = 5 (L2717–2721); here it runs on the model input
-    (normalized log-mel), so the data contract stays log-mel only.
-    """
-    if k < 1:
-        raise ValueError(f"nn_filter: k must be ≥ 1, got {k}")
-    if metric not in ("cosine", "euclidean"):
-        raise ValueError(f"nn_filter: metric must be 'cosine' or 'euclidean', got {metric!r}")
-    squeeze = x.dim() == 2
-    if squeeze:
-        x = x.unsqueeze(0)
-    b, t, _ = x.shape
-    k = min(k, t)
-    if metric == "cosine":
-        xn = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        sim = xn @ xn.transpose(1, 2)  # [B, T, T]
-    else:
-        sim = -torch.cdist(x, x)
-    idx = sim.topk(k, dim=-1).indices  # [B, T, k]
-    neighbours = x[torch.arange(b, device=x.device)[:, None, None], idx]  # [B, T, k, F]
-    s = neighbours.sort(dim=2).values
-    out = s[:, :, k // 2] if k % 2 else 0.5 * (s[:, :, k // 2 - 1] + s[:, :, k // 2])
-    return out.squeeze(0) if squeeze else out
 
 
 def conv_unit(c_in: int, c_out: int) -> nn.Sequential:
