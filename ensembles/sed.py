@@ -49,16 +49,6 @@ def combine_frames(member_frames: np.ndarray, weights: np.ndarray) -> np.ndarray
     return np.tensordot(w[used], member_frames[used].astype(np.float64), axes=1).astype(np.float32)
 
 
-def frame_targets(events: pd.DataFrame, clip_ids: list[str], classes: list[str], frames: int, hop: float) -> np.ndarray:
-    index = {c: i for i, c in enumerate(clip_ids)}
-    cls = {c: i for i, c in enumerate(classes)}
-    out = np.zeros((len(clip_ids), frames, len(classes)), np.uint8)
-    for cid, on, off, lab in events[["clip_id", "onset", "offset", "event_label"]].itertuples(index=False):
-        if cid in index and lab in cls:
-            out[index[cid], max(0, int(np.floor(on / hop))):min(frames, int(np.ceil(off / hop))), cls[lab]] = 1
-    return out
-
-
 def fit_decisions(probs: np.ndarray, targets: np.ndarray, hop: float) -> SedDecisions:
     """Per class, the (threshold, median length) maximizing frame-level F1 on valid; a fast proxy for
     event F1 that sed_eval then reports."""

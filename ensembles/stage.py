@@ -177,11 +177,12 @@ def fit_sed(lib: Library, weights: np.ndarray) -> dict:
     """Frame outputs combined with the member weights; per-class threshold and median filter fitted on
     valid; event- and segment-based scores on valid and test."""
     from harmonia.ensembles import sed
+    from harmonia.featureset import frame_targets
 
     probs = {split: sed.combine_frames(f, weights) for split, f in lib.frames.items()}
     ids = {"valid": lib.valid_ids, "test": lib.test_ids}
     n_frames = probs["valid"].shape[1]
-    targets = sed.frame_targets(lib.events["valid"], lib.valid_ids, lib.classes, n_frames, lib.hop_seconds)
+    targets = frame_targets(lib.events["valid"], lib.valid_ids, lib.classes, n_frames, lib.hop_seconds)
     decisions = sed.fit_decisions(probs["valid"], targets, lib.hop_seconds)
     scores = {split: sed.score(lib.events[split], sed.decode(p, ids[split], lib.classes, decisions), ids[split], lib.classes)
               for split, p in probs.items()}

@@ -141,6 +141,7 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
                 tune.report({**result.metrics, "epoch": result.epoch, "mlflow_run_id": run_id},
                             checkpoint=tune.Checkpoint.from_directory(d))
     except Exception as err:
-        tracking.retry(lambda: c.set_tag(run_id, "harmonia.error", f"{type(err).__name__}: {err}"[:5000]))
+        reason = f"{type(err).__name__}: {err}"[:5000]
+        tracking.retry(lambda: c.set_tag(run_id, "harmonia.error", reason))
         tracking.retry(lambda: c.set_terminated(run_id, "FAILED"))
         raise

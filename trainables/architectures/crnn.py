@@ -32,6 +32,22 @@ class ClipPooling(nn.Module):
         return (frame_probs * z).sum(dim=1).clamp(1e-7, 1 - 1e-7)
 
 
+class RecurrentHead(nn.Module):
+    """Conv feature map [B, ch, T, F] → BGRU over time → frame sigmoid classifier → clip pooling."""
+
+    def __init__(self, in_features: int, gru_size: int, n_classes: int, pooling: str):
+        super().__init__()
+        self.gru = nn.GRU(in_features, gru_size, batch_first=True, bidirectional=True)
+        self.classifier = nn.Linear(2 * gru_size, n_classes)
+        self.pool = ClipPooling(pooling, 2 * gru_size, n_classes)
+
+    def forward(self, h: torch.Tensor) -> ModelOutput:
+        b, ch, t, f = h.shape
+        h, _ = self.gru(h.permute(0, 2, 1, 3).reshape(b, t, ch * f))
+        frames = torch.sigmoid(self.classifier(h))
+        return self.pool(frames, h), frames
+
+
 def conv_block(c_in: int, c_out: int, pool: tuple[int, int], dropout: float) -> nn.Sequential:
     """3×3 conv, batch norm, ReLU, max-pool, dropout (crnn_ctc_sequential_labels.txt §1.3)."""
     return nn.Sequential(
@@ -72,17 +88,11 @@ class CRNN(nn.Module):
             layers.append(conv_block(c_in, c_out, pool, cfg.dropout))
             c_in, f = c_out, f // pool[1]
         self.convs = nn.Sequential(*layers)
-        self.gru = nn.GRU(c_in * f, cfg.gru_size, batch_first=True, bidirectional=True)
-        self.classifier = nn.Linear(2 * cfg.gru_size, n_classes)
-        self.pool = ClipPooling(cfg.pooling, 2 * cfg.gru_size, n_classes)
+        self.head = RecurrentHead(c_in * f, cfg.gru_size, n_classes, cfg.pooling)
         self.time_pool = cfg.time_pool
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        h = self.convs(x.unsqueeze(1))  # [B, ch, T', F']
-        b, ch, t, f = h.shape
-        h, _ = self.gru(h.permute(0, 2, 1, 3).reshape(b, t, ch * f))
-        frames = torch.sigmoid(self.classifier(h))
-        return self.pool(frames, h), frames
+        return self.head(self.convs(x.unsqueeze(1)))
 
 
 @register_architecture("crnn", CRNNConfig)

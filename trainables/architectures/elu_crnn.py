@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harmonia.trainables.architectures.crnn import ClipPooling
+from harmonia.trainables.architectures.crnn import RecurrentHead
 from harmonia.trainables.architectures.registry import ModelOutput, register_architecture
 
 BASE_FILTERS = (8, 16, 32, 64, 64, 64, 64)
@@ -62,17 +62,11 @@ class EluCRNN(nn.Module):
             layers.append(elu_block(c_in, c_out, pool, cfg.dropout))
             c_in, f = c_out, f // pool
         self.convs = nn.Sequential(*layers)
-        self.gru = nn.GRU(c_in * f, cfg.gru_size, batch_first=True, bidirectional=True)
-        self.classifier = nn.Linear(2 * cfg.gru_size, n_classes)
-        self.pool = ClipPooling("attention", 2 * cfg.gru_size, n_classes)
+        self.head = RecurrentHead(c_in * f, cfg.gru_size, n_classes, "attention")
         self.time_pool = 1
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        h = self.convs(x.unsqueeze(1))  # [B, ch, T, F']
-        b, ch, t, f = h.shape
-        h, _ = self.gru(h.permute(0, 2, 1, 3).reshape(b, t, ch * f))
-        frames = torch.sigmoid(self.classifier(h))
-        return self.pool(frames, h), frames
+        return self.head(self.convs(x.unsqueeze(1)))
 
 
 @register_architecture("elu_crnn", EluCRNNConfig)

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from harmonia.trainables.architectures.crnn import ClipPooling
+from harmonia.trainables.architectures.crnn import RecurrentHead
 from harmonia.trainables.architectures.registry import ModelOutput, register_architecture
 
 
@@ -71,17 +71,11 @@ class GatedCRNN(nn.Module):
             layers.append(GLUBlock(c_in, cfg.channels, pool, cfg.dropout))
             c_in, f = cfg.channels, f // pool[1]
         self.convs = nn.Sequential(*layers)
-        self.gru = nn.GRU(c_in * f, cfg.gru_size, batch_first=True, bidirectional=True)
-        self.classifier = nn.Linear(2 * cfg.gru_size, n_classes)
-        self.pool = ClipPooling("attention", 2 * cfg.gru_size, n_classes)
+        self.head = RecurrentHead(c_in * f, cfg.gru_size, n_classes, "attention")
         self.time_pool = t_pool ** cfg.blocks
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        h = self.convs(x.unsqueeze(1))  # [B, ch, T', F']
-        b, ch, t, f = h.shape
-        h, _ = self.gru(h.permute(0, 2, 1, 3).reshape(b, t, ch * f))
-        frames = torch.sigmoid(self.classifier(h))
-        return self.pool(frames, h), frames
+        return self.head(self.convs(x.unsqueeze(1)))
 
 
 @register_architecture("gated_crnn", GatedCRNNConfig)
