@@ -102,10 +102,11 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
 
 def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = True) -> SearchResult:
     """The whole search stage; `cfg` must be resolved (absolute paths)."""
+    # Every input is checked before Ray or any trial starts: space, tracking server, dataset, features.
     validate_overrides(cfg.space)
     tracking.check_reachable(cfg.tracking.uri)
-    connect(cfg.search.address)
     ds, fs = prepare(cfg, progress=progress)
+    connect(cfg.search.address)
     exp_id = tracking.ensure_experiment(cfg.tracking.uri, cfg.name, cfg.tracking.artifacts)
     path = Path(cfg.search.storage_path) / cfg.name
     search_run_id = _search_run(cfg, exp_id, fs, ds.events if ds.has_strong else None, path / SEARCH_STATE, resume)
