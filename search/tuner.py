@@ -15,7 +15,7 @@ from harmonia.progress import console, progress_bar
 from harmonia.search.callbacks import MlflowRunCloser, ProgressCallback
 from harmonia.search.cluster import connect
 from harmonia.spaces import define_by_run, validate_overrides
-from harmonia.trainables.trial import TrialContext, harmonia_trial
+from harmonia.trainables.trial import TrialContext, harmonia_trial, scheduler_milestones
 
 SEARCH_STATE = "harmonia_search.json"
 
@@ -112,7 +112,8 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
     search_run_id = _search_run(cfg, exp_id, fs, ds.events if ds.has_strong else None, path / SEARCH_STATE, resume)
     s = cfg.search
     ctx = TrialContext(cfg.tracking.uri, exp_id, search_run_id, s.max_epochs, cfg.train.patience,
-                       s.metric, cfg.train.seed, max(1, int(s.resources.cpu)), cfg.task)
+                       s.metric, cfg.train.seed, max(1, int(s.resources.cpu)), cfg.task,
+                       scheduler_milestones(min(s.grace_period, s.max_epochs), s.reduction_factor, s.max_epochs))
     c = tracking.client(cfg.tracking.uri)
     status = "FAILED"
     try:

@@ -81,3 +81,11 @@ def test_unreachable_address_fails_fast_without_starting_ray():
 def test_tracking_uri_password_is_masked():
     assert tracking.mask_uri("postgresql://bob:hunter2@db:5432/ml") == "postgresql://bob:***@db:5432/ml"
     assert tracking.mask_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_scheduler_milestones_are_where_asha_can_stop_a_trial():
+    from harmonia.trainables.trial import scheduler_milestones
+
+    assert scheduler_milestones(3, 2, 12) == {3, 6, 12}
+    assert scheduler_milestones(1, 2, 3) == {1, 2, 3}
+    assert scheduler_milestones(5, 3, 5) == {5}

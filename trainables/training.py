@@ -82,6 +82,7 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] = copy.deepcopy(self.model.state_dict())
         self.bad_epochs = 0
         self.last_valid: tuple[np.ndarray, np.ndarray] | None = None
+        self.best_valid: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def done(self) -> bool:
@@ -130,14 +131,15 @@ class Trainer:
         return total / max(count, 1)
 
     @torch.no_grad()
-    def predict(self, split: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """Clip [N, C] and frame [N, T', C] probabilities of a split with the current weights."""
-        self.model.eval()
+    def predict(self, split: str, batch_size: int = 64, model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Clip [N, C] and frame [N, T', C] probabilities of a split with the current (or given) weights."""
+        model = model or self.model
+        model.eval()
         x = torch.from_numpy(self.data.splits[split].x)
         clips, frames = [], []
         for start in range(0, len(x), batch_size):
             with torch.autocast(self.device.type, enabled=self.amp):
-                c, f = self.model(x[start:start + batch_size].to(self.device))
+                c, f = model(x[start:start + batch_size].to(self.device))
             clips.append(c.float().cpu())
             frames.append(f.float().cpu())
         return torch.cat(clips).numpy(), torch.cat(frames).numpy()
@@ -155,6 +157,7 @@ class Trainer:
         if improved:
             self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
             self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_valid = self.last_valid
         else:
             self.bad_epochs += 1
         metrics.update(best_valid_score=self.best_score, best_epoch=float(self.best_epoch))

@@ -33,6 +33,16 @@ class TrialContext:
     seed: int
     num_threads: int
     task: str = "tagging"
+    log_epochs: frozenset[int] = frozenset()  # epochs after which the scheduler may stop the trial
+
+
+def scheduler_milestones(grace_period: int, reduction_factor: int, max_epochs: int) -> frozenset[int]:
+    """The epochs at which ASHA may stop a trial (grace · rf^k): the best model must be logged by then."""
+    out, t = set(), grace_period
+    while t < max_epochs:
+        out.add(t)
+        t *= reduction_factor
+    return frozenset(out | {max_epochs})
 
 
 def member_config(params: dict, data: FeatureSet, best_epoch: int) -> dict:
@@ -61,8 +71,10 @@ def _frames_npz(ids: list[str], frames: np.ndarray, hop: float) -> bytes:
 def log_best(c, run_id: str, trainer: Trainer) -> None:
     """Weights, config and valid/test predictions of the best epoch so far, as run artifacts."""
     data = trainer.data
-    test_probs, test_frames = trainer.predict("test") if "test" in data.splits else (None, None)
-    valid_probs, valid_frames = trainer.last_valid
+    best = trainer.best_model()
+    test_probs, test_frames = trainer.predict("test", model=best) if "test" in data.splits else (None, None)
+    # After a restore the best epoch's valid outputs are not in memory: recompute them from its weights.
+    valid_probs, valid_frames = trainer.best_valid or trainer.predict("valid", model=best)
     hop = data.hop_seconds * getattr(trainer.model, "time_pool", 1)
     files = {
         "model/model.safetensors": save_safetensors({k: v.detach().cpu().contiguous() for k, v in trainer.best_state.items()}),
@@ -127,12 +139,17 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
             trainer.load_state_dict(torch.load(Path(d) / STATE_FILE, weights_only=True))
             run_id = json.loads((Path(d) / META_FILE).read_text())["run_id"]
     run_id = start_run(c, ctx, params, run_id)
+    pending = trainer.epoch > 0  # restored: the best so far may not have been logged before the failure
     try:
         while not trainer.done:
             result = trainer.run_epoch()
             tracking.log_metrics(c, run_id, result.metrics, step=result.epoch)
-            if result.improved:
+            pending = pending or result.improved
+            # Artifacts of the best epoch are logged where the trial can end (a scheduler milestone or
+            # its last epoch), not after every improvement: test predictions cost a pass over test.
+            if pending and (result.done or result.epoch in ctx.log_epochs or not ctx.log_epochs):
                 log_best(c, run_id, trainer)
+                pending = False
             if result.done:
                 tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
             with tempfile.TemporaryDirectory() as d:

@@ -1,0 +1,29 @@
+"""A search per architecture with every augmentation switched on: finished MLflow runs for each."""
+
+from __future__ import annotations
+
+import pytest
+
+from harmonia import tracking
+from tests.conftest import tiny_config
+
+
+@pytest.mark.slow
+def test_every_architecture_and_augmentation_trains_in_a_search(ray_local, tmp_path):
+    from harmonia.search.tuner import run_search
+    from harmonia.spaces.architectures import ARCHITECTURE_SPACES
+    from harmonia.spaces.augmentations import AUGMENTATION_SPACES
+    from harmonia.trainables.architectures import ARCHITECTURES
+
+    assert set(ARCHITECTURE_SPACES) == set(ARCHITECTURES)
+    augs = {f"aug.{a}": True for a in AUGMENTATION_SPACES}
+    for arch in sorted(ARCHITECTURES):
+        cfg = tiny_config(tmp_path, name="zoo", num_samples=1, max_concurrent=1, max_epochs=1)
+        cfg.space = {"arch": arch, "batch_size": [16], **augs}
+        run_search(cfg, progress=False)
+    c = tracking.client(cfg.tracking.uri)
+    exp = c.get_experiment_by_name("zoo")
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'trial'")
+    assert {r.data.params["arch"] for r in runs if r.info.status == "FINISHED"} == set(ARCHITECTURES)
+    for r in runs:
+        assert all(r.data.params[k] == "True" for k in augs), r.data.params
