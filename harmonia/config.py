@@ -136,7 +136,7 @@ class SearchConfig(_Strict):
     seed: int = 0
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     storage_path: str = "ray_results"
-    max_failures: int = Field(1, ge=0)
+    max_failures: int = Field(3, ge=0)  # a dead node can cost a trial more than one attempt
     address: str | None = None
 
 

@@ -89,7 +89,10 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher,
                                     scheduler=scheduler, num_samples=s.num_samples,
-                                    max_concurrent_trials=s.max_concurrent, reuse_actors=True,
+                                    max_concurrent_trials=s.max_concurrent,
+                                    # On a cluster a reused actor can sit on a node that died; a fresh
+                                    # actor per trial is placed on a live one (about 2 s per trial).
+                                    reuse_actors=s.address is None,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=cfg.name, storage_path=s.storage_path, verbose=0,
                                   callbacks=callbacks,
