@@ -46,13 +46,26 @@ def _uri(uri: Optional[str], config: Optional[Path]) -> str:
 
 @data_app.command("synth")
 def data_synth(out: Path, clips: int = typer.Option(600, min=3), seconds: float = typer.Option(4.0, min=0.5),
-               seed: int = 0, sample_rate: int = 16000):
-    """Generate the deterministic synthetic DCASE task-4 style dataset in OUT."""
-    from harmonia.synth import synthesize
+               seed: int = 0, sample_rate: int = 16000,
+               task: str = typer.Option("tagging", help="tagging, sed, sequence: DCASE task-4 events with strong "
+                                                         "labels; scene: DCASE 2018 task 1 layout (meta.csv, folds)"),
+               scenes: int = typer.Option(10, min=2, max=10, help="task scene: how many of the ten DCASE 2018 scenes")):
+    """Generate a deterministic synthetic dataset in OUT: sound events (DCASE task 4) or scenes (2018 task 1)."""
+    from harmonia.config import TASKS
+    from harmonia.synth import synthesize, synthesize_scenes
 
+    if task not in TASKS:
+        fail(f"--task: unknown {task!r}; valid: {', '.join(TASKS)}")
     t = time.time()
-    synthesize(out, clips=clips, seconds=seconds, seed=seed, sample_rate=sample_rate, progress=True)
-    console.print(f"wrote {clips} clips to {out} in {time.time() - t:.1f} s")
+    try:
+        if task == "scene":
+            synthesize_scenes(out, clips=clips, seconds=seconds, seed=seed, sample_rate=sample_rate, progress=True,
+                              scenes=scenes)
+        else:
+            synthesize(out, clips=clips, seconds=seconds, seed=seed, sample_rate=sample_rate, progress=True)
+    except ValueError as err:
+        fail(str(err))
+    console.print(f"wrote {clips} {'scene ' if task == 'scene' else ''}clips to {out} in {time.time() - t:.1f} s")
 
 
 @data_app.command("check")
@@ -73,7 +86,7 @@ def spaces_show(config: Optional[Path] = typer.Argument(None)):
 
     cfg = _config(config)
     try:
-        validate_overrides(cfg.space)
+        validate_overrides(cfg.space, cfg.task)
     except SpaceError as err:
         fail(str(err))
     t = Table(title="search space")
@@ -144,8 +157,9 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         fail(f"--method: unknown {', '.join(unknown)}; valid: all, {', '.join(sorted(METHODS))}")
-    if metric not in METRICS:
-        fail(f"--metric: unknown {metric!r}; valid: {', '.join(sorted(METRICS))}")
+    clip_metrics = sorted(m for m, spec in METRICS.items() if spec.inputs == "scores")
+    if metric not in clip_metrics:
+        fail(f"--metric: unknown {metric!r} for ensembles of clip scores; valid: {', '.join(clip_metrics)}")
     reports, table = _guard(lambda: build_ensembles(uri, experiment, methods=methods, size=size, metric=metric,
                                                     top_k=top_k))
     if len(reports) == 1:

@@ -5,14 +5,31 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A config file or value that cannot be used; the message names the file and key."""
+
+
+Task = Literal["tagging", "sed", "sequence", "scene"]
+TASKS: tuple[str, ...] = get_args(Task)
+"""tagging: multi-label clip tags (BCE); sed: tags + frame activity from strong labels; sequence: the
+ordered tags of a clip (CTC, crnn_ctc_sequential_labels.txt §1.4); scene: one label per clip (softmax,
+cross-entropy; DCASE 2018 task 1)."""
+
+SearchMetric = Literal["mAP", "auc", "f1", "accuracy", "log_loss", "seq_acc"]
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "tagging": ("mAP", "auc", "f1"),
+    "sed": ("mAP", "auc", "f1"),
+    "sequence": ("seq_acc", "mAP", "auc", "f1"),
+    "scene": ("accuracy", "log_loss", "mAP", "auc"),
+}
+"""The valid metrics each task's trials report per epoch (`valid_<name>`): what `search.metric` may be.
+The ensemble stage scores clip outputs, so `ensemble.metric` may be any of them but `seq_acc`."""
 
 
 class _Strict(BaseModel):
@@ -26,6 +43,7 @@ class SynthConfig(_Strict):
     seconds: float = Field(4.0, gt=0)
     seed: int = 0
     sample_rate: int = Field(16000, gt=0)
+    scenes: int = Field(10, ge=2, le=10)  # task scene: how many of the ten DCASE 2018 scenes
 
 
 class DataConfig(_Strict):
@@ -132,7 +150,7 @@ class SearchConfig(_Strict):
     max_epochs: int = Field(12, gt=0)
     grace_period: int = Field(3, gt=0)
     reduction_factor: int = Field(2, gt=1)
-    metric: Literal["mAP", "auc", "f1"] = "mAP"
+    metric: SearchMetric = "mAP"
     seed: int = 0
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     storage_path: str = "ray_results"
@@ -151,14 +169,14 @@ class TrainConfig(_Strict):
 class EnsembleConfig(_Strict):
     size: int = Field(20, gt=0)
     top_k_average: int = Field(5, gt=0)
-    metric: Literal["mAP", "auc", "f1"] = "mAP"
+    metric: Literal["mAP", "auc", "f1", "accuracy", "log_loss"] = "mAP"
 
 
 class HarmoniaConfig(_Strict):
     """A whole run: data, features, tracking, search, training, ensemble and the space overrides."""
 
     name: str = "quickstart"
-    task: Literal["tagging", "sed"] = "tagging"
+    task: Task = "tagging"
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -173,6 +191,15 @@ class HarmoniaConfig(_Strict):
         if not v or any(c in v for c in "/\\ "):
             raise ValueError("name must be non-empty without slashes or spaces")
         return v
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> "HarmoniaConfig":
+        valid = TASK_METRICS[self.task]
+        for key, metric in (("search.metric", self.search.metric), ("ensemble.metric", self.ensemble.metric)):
+            if metric not in valid:
+                raise ValueError(f"{key}: {metric!r} is not a metric of task {self.task!r} "
+                                 f"(valid: {', '.join(m for m in valid if key == 'search.metric' or m != 'seq_acc')})")
+        return self
 
     def resolved(self, base: Path | None = None) -> "HarmoniaConfig":
         """A copy with relative paths and the SQLite URI made absolute against `base` (cwd)."""
@@ -207,7 +234,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:  # a check across keys (model validator): its message names them
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             model = _model_at(HarmoniaConfig, e["loc"][:-1])
             valid = ", ".join(sorted(model.model_fields)) if model else "?"
             lines.append(f"  unknown key '{loc}' (valid keys here: {valid})")

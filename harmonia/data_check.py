@@ -453,8 +453,15 @@ def _summarize(clips: dict[str, ClipRecord], classes: list[str]) -> Summary:
 
 
 def scan_dataset(root: str | Path, sample_rate: int | None = None) -> Scan:
-    """Parse metadata and audio headers once, recording every problem with file and line."""
+    """Parse metadata and audio headers once, recording every problem with file and line.
+
+    A DCASE 2018 task 1 folder (meta.csv, evaluation_setup/) is scanned by `harmonia.scenes`.
+    """
+    from harmonia.scenes import is_scene_dataset, scan_scene_dataset
+
     root = Path(root)
+    if root.is_dir() and is_scene_dataset(root):
+        return scan_scene_dataset(root, sample_rate)
     out = _Collector()
     clips: dict[str, ClipRecord] = {}
     if not root.is_dir():
@@ -485,5 +492,6 @@ def scan_dataset(root: str | Path, sample_rate: int | None = None) -> Scan:
 
 
 def check_dataset(root: str | Path, sample_rate: int | None = None) -> CheckReport:
-    """Validate a DCASE task-4 style dataset; `sample_rate` is the rate audio will be resampled to."""
+    """Validate a DCASE task-4 style (or 2018 task 1 scene) dataset; `sample_rate` is the rate audio
+    will be resampled to."""
     return scan_dataset(root, sample_rate).report

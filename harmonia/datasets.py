@@ -1,4 +1,5 @@
-"""Loader for DCASE task-4 style datasets (strong, weak or both) into the Dataset contract tables."""
+"""Loader for DCASE task-4 style datasets (strong, weak or both) and DCASE 2018 task 1 scene datasets
+(`harmonia.scenes`) into the Dataset contract tables."""
 
 from __future__ import annotations
 
@@ -40,8 +41,13 @@ class Dataset:
             raise DatasetError(f"{self.root}: no split {name!r} (present: {present})")
         return self.clips[self.clips["split"] == canonical].reset_index(drop=True)
 
+    @property
+    def is_scene(self) -> bool:
+        """A DCASE 2018 task 1 dataset: one scene label per clip (the table has an `identifier` column)."""
+        return "identifier" in self.clips.columns
+
     def targets(self, split: str) -> np.ndarray:
-        """[N, C] float32 multi-hot clip tags, rows in the order of `split(name)`."""
+        """[N, C] float32 multi-hot clip tags (one-hot for scenes), rows in the order of `split(name)`."""
         index = {c: i for i, c in enumerate(self.classes)}
         tags = self.split(split)["tags"]
         y = np.zeros((len(tags), len(self.classes)), dtype=np.float32)
@@ -96,15 +102,34 @@ def _tables(scan: Scan) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def load_dataset(root: str | Path, strict: bool = True, sample_rate: int | None = None) -> Dataset:
-    """Load a DCASE task-4 folder; strict raises DatasetError listing every error-level problem.
+    """Load a DCASE task-4 folder, or a DCASE 2018 task 1 scene folder (meta.csv + evaluation_setup/);
+    strict raises DatasetError listing every error-level problem.
 
     Non-strict drops what is broken (unreadable clips, malformed or invalid rows) and keeps the rest.
     """
+    from harmonia.scenes import SceneScan, scene_tables
+
     scan = scan_dataset(root, sample_rate)
     errors = scan.report.errors
     if strict and errors:
         raise DatasetError(_format_problems(scan.root, errors))
-    clips, events = _tables(scan)
+    clips, events = scene_tables(scan) if isinstance(scan, SceneScan) else _tables(scan)
     if clips.empty:
         raise DatasetError(f"{scan.root}: no usable clips found")
     return Dataset(scan.root, list(scan.classes), clips, events, scan.has_strong)
+
+
+def check_task_data(ds: Dataset, task: str) -> None:
+    """DatasetError when `ds` lacks the labels `task` trains on: strong labels for sed and sequence
+    (frame activity, the order of events), exactly one label per clip for scene."""
+    if task in ("sed", "sequence") and not ds.has_strong:
+        what = "frame targets" if task == "sed" else "the order of events"
+        raise DatasetError(f"{ds.root}: task {task!r} needs strong labels (metadata/<split>.tsv with onset, offset, "
+                           f"event_label) for {what}; this dataset has none")
+    if task == "scene":
+        counts = ds.clips["tags"].map(len)
+        if (counts != 1).any():
+            bad = ds.clips[counts != 1].iloc[0]
+            raise DatasetError(f"{ds.root}: task 'scene' needs exactly one label per clip (a DCASE 2018 task 1 "
+                               f"folder: meta.csv + evaluation_setup/); {int((counts != 1).sum())} clips have "
+                               f"another number, e.g. {bad['clip_id']} with {list(bad['tags'])}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -13,12 +13,23 @@ from harmonia.features import FeatureCache, Normalizer, WaveCopy, stack_frames, 
 SPLITS = ("train", "valid", "test")
 
 
+PAD = -1
+"""Padding of `SplitArrays.y_seq` after the end of a clip's sequence."""
+
+
 @dataclass
 class SplitArrays:
     clip_ids: list[str]
     x: np.ndarray  # [N, T, F] float32, normalized
-    y: np.ndarray  # [N, C] float32 multi-hot
+    y: np.ndarray  # [N, C] float32 multi-hot (one-hot for scenes)
     y_frames: np.ndarray | None = None  # [N, T, C] uint8, strong labels only
+    y_seq: np.ndarray | None = None  # [N, L] int64 class indices in order of onset, PAD after; strong labels only
+
+    def sequences(self) -> list[list[int]]:
+        """The ordered class indices of each clip (what CTC is trained on), padding removed."""
+        if self.y_seq is None:
+            raise ValueError("this split has no ordered event sequences (they come from strong labels)")
+        return [[int(k) for k in row if k != PAD] for row in self.y_seq]
 
 
 @dataclass
@@ -69,7 +80,7 @@ class FeatureSet:
                 x[rows] = c.x[rows]
                 if yf is not None and c.y_frames is not None:
                     yf[rows] = c.y_frames[rows]
-        return SplitArrays(base.clip_ids, x, base.y, yf)
+        return replace(base, x=x, y_frames=yf)
 
     @property
     def hop_seconds(self) -> float:
@@ -85,6 +96,16 @@ def frame_targets(events, clip_ids: list[str], classes: list[str], frames: int, 
         if clip_id in index and label in cls:
             a, b = int(np.floor(onset / hop)), int(np.ceil(offset / hop))
             out[index[clip_id], max(a, 0):min(b, frames), cls[label]] = 1
+    return out
+
+
+def sequence_targets(sequences, classes: list[str]) -> np.ndarray:
+    """Ordered labels per clip → [N, L] int64 class indices padded with PAD (L ≥ 1, the longest)."""
+    cls = {c: i for i, c in enumerate(classes)}
+    rows = [[cls[t] for t in seq if t in cls] for seq in sequences]
+    out = np.full((len(rows), max([1, *map(len, rows)])), PAD, np.int64)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
     return out
 
 
@@ -120,7 +141,8 @@ def build_feature_set(ds: Dataset, cfg: FeatureConfig, progress: bool = True,
     fs = FeatureSet(list(ds.classes), feature, norm, frames)
     for split, (ids, x) in raw.items():
         yf = frame_targets(ds.events, ids, fs.classes, frames, cfg.hop_seconds) if ds.has_strong else None
-        fs.splits[split] = SplitArrays(ids, norm(x), ds.targets(split), yf)
+        ys = sequence_targets(ds.split(split)["sequence"], fs.classes) if ds.has_strong else None
+        fs.splits[split] = SplitArrays(ids, norm(x), ds.targets(split), yf, ys)
     copies = wave_copies(cfg.augmented_copies)
     if copies:
         _add_train_copies(fs, ds, cache, copies, workers, progress)
@@ -139,22 +161,31 @@ def _add_train_copies(fs: FeatureSet, ds: Dataset, cache: FeatureCache, copies: 
         if train.y_frames is not None:
             events = scale_events(ds.events, copy.time_scale)
             yf = frame_targets(events, train.clip_ids, fs.classes, fs.frames, cache.cfg.hop_seconds)
-        fs.train_copies.append(SplitArrays(train.clip_ids, fs.normalizer(stack_frames(arrays, fs.frames)), train.y, yf))
+        fs.train_copies.append(replace(train, x=fs.normalizer(stack_frames(arrays, fs.frames)), y_frames=yf))
         fs.copy_names.append(copy.name)
 
 
 def prepare(cfg, progress: bool = True) -> tuple[Dataset, FeatureSet]:
-    """Dataset (synthesized on the spot when absent and the config allows) and its FeatureSet."""
+    """Dataset (synthesized on the spot when absent and the config allows: task-4 events, or DCASE 2018
+    task 1 scenes for task scene) and its FeatureSet; a dataset without the task's labels is refused."""
     from pathlib import Path
 
-    from harmonia.datasets import load_dataset
-    from harmonia.synth import synthesize
+    from harmonia.datasets import check_task_data, load_dataset
+    from harmonia.scenes import is_scene_dataset
+    from harmonia.synth import synthesize, synthesize_scenes
 
     root = Path(cfg.data.root)
-    if not (root / "metadata").is_dir():
+    task = getattr(cfg, "task", "tagging")
+    if not (root / "metadata").is_dir() and not is_scene_dataset(root):
+        expected = f"{root}/meta.csv + evaluation_setup/" if task == "scene" else f"{root}/metadata/*.tsv"
         if cfg.data.synth is None:
-            raise FileNotFoundError(f"{root}: no dataset here (expected {root}/metadata/*.tsv) and data.synth is off")
+            raise FileNotFoundError(f"{root}: no dataset here (expected {expected}) and data.synth is off")
         s = cfg.data.synth
-        synthesize(root, clips=s.clips, seconds=s.seconds, seed=s.seed, sample_rate=s.sample_rate, progress=progress)
+        if task == "scene":
+            synthesize_scenes(root, clips=s.clips, seconds=s.seconds, seed=s.seed, sample_rate=s.sample_rate,
+                              progress=progress, scenes=s.scenes)
+        else:
+            synthesize(root, clips=s.clips, seconds=s.seconds, seed=s.seed, sample_rate=s.sample_rate, progress=progress)
     ds = load_dataset(root)
+    check_task_data(ds, task)
     return ds, build_feature_set(ds, cfg.features, progress=progress)

@@ -1,6 +1,7 @@
-"""Metrics shared by trials, ensembles and reports: tagging, scene and SED (DCASE settings).
+"""Metrics shared by trials, ensembles and reports: tagging, scene, sequence (CTC) and SED (DCASE settings).
 
-Tagging inputs are ``y_true [N, C]`` in {0, 1} and ``y_score [N, C]`` floats. Everything is plain
+Tagging inputs are ``y_true [N, C]`` in {0, 1} and ``y_score [N, C]`` floats; sequence metrics
+take lists of label sequences. Everything is plain
 numpy (scipy for ranks and the median filter, sed_eval for event/segment metrics); tests check
 each metric against scikit-learn, sed_eval or its direct definition.
 """
@@ -242,6 +243,47 @@ def decode_events(
     return [e for _, _, e in sorted(events, key=lambda x: (x[0], x[1]))]
 
 
+def ctc_best_path(posteriors: np.ndarray, blank: int | None = None) -> list[int]:
+    """Best-path CTC decoding of one clip: argmax per frame, collapse repeats, drop blanks.
+
+    crnn_ctc_sequential_labels.txt §1.4.2: "select the label with the maximum probability at each
+    frame, reduce adjacent repeating labels to a single one, and remove the blank labels".
+    ``posteriors`` is [T, K] (K = classes + blank); ``blank`` defaults to the last column. A label
+    repeated with a blank between (``a - a``) stays two labels.
+    """
+    p = np.asarray(posteriors)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"posteriors must be [T, K] with K >= 2 (classes + blank), got {p.shape}")
+    blank = p.shape[1] - 1 if blank is None else int(blank)
+    path = p.argmax(axis=1)
+    keep = np.r_[True, path[1:] != path[:-1]] & (path != blank)
+    return [int(k) for k in path[keep]]
+
+
+def with_blank(class_posteriors: np.ndarray) -> np.ndarray:
+    """Class posteriors [..., T, C] of a CTC model (blank left out) → [..., T, C + 1] with the blank
+    as the last column, recovered as 1 - Σ classes (the CTC softmax sums to one per frame)."""
+    p = np.asarray(class_posteriors, dtype=np.float64)
+    return np.concatenate([p, np.clip(1.0 - p.sum(axis=-1, keepdims=True), 0.0, 1.0)], axis=-1)
+
+
+def ctc_decode(class_posteriors: np.ndarray) -> list[list[int]]:
+    """Best-path decoding of every clip of [N, T, C] class posteriors (blank = 1 - Σ classes)."""
+    return [ctc_best_path(p) for p in with_blank(class_posteriors)]
+
+
+def sequence_accuracy(y_true: Sequence[Sequence], y_pred: Sequence[Sequence]) -> float:
+    """Fraction of clips whose decoded label sequence equals the true one exactly (order and repeats)."""
+    if isinstance(y_true, np.ndarray) and y_true.ndim == 2 and np.issubdtype(y_true.dtype, np.floating):
+        raise ValueError("sequence accuracy compares label sequences (lists of labels per clip), not [N, C] "
+                         "scores: decode frame posteriors with ctc_decode first")
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true sequences but {len(y_pred)} predicted")
+    if not len(y_true):
+        return float("nan")
+    return float(np.mean([list(t) == list(p) for t, p in zip(y_true, y_pred)]))
+
+
 def _sed_event_list(events: EventLists, filename: str) -> list[dict]:
     """One file's events in sed_eval's format; a file without events is ``[{"filename": f}]``."""
     rows = [
@@ -324,11 +366,16 @@ def segment_metrics(
 
 @dataclass(frozen=True)
 class Metric:
-    """A named clip-level metric ``fn(y_true, y_score) -> float`` and its direction."""
+    """A named metric ``fn(y_true, y_score) -> float`` and its direction.
+
+    ``inputs`` says what it compares: "scores" (targets [N, C] and clip scores [N, C]; the ensemble
+    stage can use it) or "sequences" (true and decoded label sequences; trials of task sequence).
+    """
 
     name: str
     fn: Callable[[np.ndarray, np.ndarray], float]
     greater_is_better: bool
+    inputs: str = "scores"
 
     def __call__(self, y_true: np.ndarray, y_score: np.ndarray) -> float:
         return float(self.fn(y_true, y_score))
@@ -350,6 +397,7 @@ METRICS: dict[str, Metric] = {
         Metric("map@3", map_at_3, True),
         Metric("accuracy", accuracy, True),
         Metric("log_loss", log_loss, False),
+        Metric("seq_acc", sequence_accuracy, True, inputs="sequences"),
     )
 }
 

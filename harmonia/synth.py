@@ -391,13 +391,18 @@ def synthesize(
     distractors: float = DISTRACTOR_RATE,
     events_per_clip: tuple[int, int] = EVENTS_PER_CLIP,
     event_seconds: tuple[float, float] = EVENT_SECONDS,
+    classes: tuple[str, ...] = CLASSES,
 ) -> Path:
     """Write the dataset under `out` and return it; same arguments give byte-identical files.
 
     Difficulty: lower `snr_db` (per-event SNR range over the background, dB), higher
     `similarity` (0..1, how far confusable class pairs overlap in pitch, rate and timbre) and
-    more `distractors` (mean number of unlabelled near-miss sounds per clip, Poisson).
+    more `distractors` (mean number of unlabelled near-miss sounds per clip, Poisson); `classes`
+    is a subset of the ten CLASSES (fewer classes: an easier dataset).
     """
+    unknown = [c for c in classes if c not in GENERATORS]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be distinct names among {', '.join(CLASSES)}; got {classes!r}")
     if not 0.0 <= similarity <= 1.0:
         raise ValueError(f"similarity must be in [0, 1], got {similarity}")
     if distractors < 0:
@@ -407,7 +412,7 @@ def synthesize(
     if not 0.01 <= event_seconds[0] <= event_seconds[1]:
         raise ValueError(f"event_seconds={event_seconds} must satisfy 0.01 <= shortest <= longest")
     out = Path(out)
-    plans = plan_clips(clips, seconds, seed, CLASSES, events_per_clip, event_seconds)
+    plans = plan_clips(clips, seconds, seed, tuple(classes), events_per_clip, event_seconds)
     for split, _ in SPLITS:
         (out / "audio" / split).mkdir(parents=True, exist_ok=True)
 
@@ -426,5 +431,161 @@ def synthesize(
             render_all(lambda: bar.advance(task))
     else:
         render_all(lambda: None)
-    _write_metadata(out, plans, seconds, sample_rate, CLASSES)
+    _write_metadata(out, plans, seconds, sample_rate, tuple(classes))
+    return out
+
+
+# --- Acoustic scenes in the DCASE 2018 task 1 development-set layout -------------------------------
+
+
+@dataclass(frozen=True)
+class SceneProfile:
+    """What a scene sounds like: background colour odds (white, pink, brown), the odds of each sound
+    (event classes and unlabelled distractors), and the mean number of sounds per clip beyond one."""
+
+    colors: tuple[float, float, float]
+    sounds: dict[str, float]
+    rate: float
+
+
+SCENE_PROFILES: dict[str, SceneProfile] = {
+    # The ten DCASE 2018 task 1 scenes, in its order; ingredients overlap on purpose.
+    "airport": SceneProfile((0.2, 0.6, 0.2), {"babble": 3, "beep": 1.5, "bell": 1, "engine": 1, "knock": 0.5}, 2.0),
+    "bus": SceneProfile((0.1, 0.3, 0.6), {"engine": 3, "hum": 2, "babble": 1, "beep": 0.5}, 1.5),
+    "metro": SceneProfile((0.1, 0.2, 0.7), {"hum": 3, "click_train": 2, "siren": 1, "engine": 1}, 1.5),
+    "metro_station": SceneProfile((0.2, 0.5, 0.3), {"babble": 2, "hum": 2, "click_train": 1, "whistle": 1}, 2.0),
+    "park": SceneProfile((0.6, 0.3, 0.1), {"chirp": 3, "whistle": 1.5, "rain": 1, "babble": 0.5}, 1.5),
+    "public_square": SceneProfile((0.4, 0.4, 0.2), {"babble": 2, "chirp": 1, "bell": 1, "knock": 1}, 2.0),
+    "shopping_mall": SceneProfile((0.2, 0.7, 0.1), {"babble": 3, "beep": 1, "knock": 1, "blip": 1}, 2.5),
+    "street_pedestrian": SceneProfile((0.5, 0.3, 0.2), {"knock": 2, "babble": 2, "engine": 1, "burst": 1}, 2.0),
+    "street_traffic": SceneProfile((0.3, 0.2, 0.5), {"engine": 3, "siren": 1, "beep": 1, "burst": 1}, 2.0),
+    "tram": SceneProfile((0.2, 0.2, 0.6), {"hum": 2, "bell": 2, "click_train": 1, "engine": 1}, 1.5),
+}
+CITIES: tuple[str, ...] = ("barcelona", "helsinki", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
+SEGMENTS_PER_LOCATION: float = 4.5
+EVALUATE_FRACTION: float = 0.3
+SCENE_SNR_DB: tuple[float, float] = (0.0, 12.0)
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    filename: str  # audio/<scene>-<city>-<location>-<segment>-a.wav, as in DCASE 2018
+    scene: str
+    identifier: str  # <city>-<location>: the recording location
+    part: str  # "train" or "evaluate" (fold 1)
+    location_seed: int
+    seed: int
+
+
+def plan_scenes(clips: int, seed: int, scenes: int | tuple[str, ...] = 10) -> list[ScenePlan]:
+    """Clips spread evenly over the scenes, grouped into locations of about 4–5 segments; about 30 %
+    of each scene's locations (at least one) are the evaluate fold, the others the train fold."""
+    names = tuple(SCENE_PROFILES)[:scenes] if isinstance(scenes, int) else tuple(scenes)
+    unknown = [n for n in names if n not in SCENE_PROFILES]
+    if unknown or not 2 <= len(names):
+        raise ValueError(f"scenes must be 2–{len(SCENE_PROFILES)} of {', '.join(SCENE_PROFILES)}; got {scenes!r}")
+    if clips < 3 * len(names):
+        raise ValueError(f"clips={clips} is too few for {len(names)} scenes (need >= {3 * len(names)}: three "
+                         "locations per scene, for the train, valid and evaluate locations)")
+    rng = np.random.default_rng(seed)
+    plans: list[ScenePlan] = []
+    location = 0
+    for i, scene in enumerate(names):
+        n = clips // len(names) + (i < clips % len(names))
+        n_loc = max(3, int(round(n / SEGMENTS_PER_LOCATION)))
+        sizes = np.bincount(rng.integers(0, n_loc, n - n_loc), minlength=n_loc) + 1  # every location >= 1 clip
+        evaluate = set(rng.permutation(n_loc)[: max(1, int(round(EVALUATE_FRACTION * n_loc)))].tolist())
+        for j, size in enumerate(sizes):
+            city = str(rng.choice(CITIES))
+            loc_seed = int(rng.integers(2**62))
+            for segment in range(int(size)):
+                plans.append(ScenePlan(f"audio/{scene}-{city}-{location}-{segment}-a.wav", scene, f"{city}-{location}",
+                                       "evaluate" if j in evaluate else "train", loc_seed, int(rng.integers(2**62))))
+            location += 1
+    return plans
+
+
+def render_scene(plan: ScenePlan, seconds: float, sample_rate: int, similarity: float = SIMILARITY) -> np.ndarray:
+    """A scene clip: the location's background colour (mostly) and level, sounds drawn from the
+    location's own mixture of the scene's ingredients, then the location's room (a decaying-noise
+    reverb) — so locations of one scene differ and a model must generalize across them."""
+    profile = SCENE_PROFILES[plan.scene]
+    loc = np.random.default_rng(plan.location_seed)
+    names = sorted(profile.sounds)
+    weights = loc.dirichlet(np.array([profile.sounds[k] for k in names]) * 10.0)
+    color = str(loc.choice(NOISE_COLORS, p=profile.colors))
+    bg_db = loc.uniform(*BACKGROUND_DBFS)
+    tau = loc.uniform(0.02, 0.2)
+    wet = loc.uniform(0.1, 0.6)
+    rng = np.random.default_rng(plan.seed)
+    n = int(round(seconds * sample_rate))
+    if rng.random() < 0.25:
+        color = str(rng.choice(NOISE_COLORS))
+    bg_rms = 10 ** ((bg_db + rng.normal(0, 2)) / 20)
+    y = bg_rms * colored_noise(rng, n, color)
+    for _ in range(1 + int(rng.poisson(profile.rate))):
+        name = str(rng.choice(names, p=weights))
+        length = min(seconds, rng.uniform(0.3, 2.0))
+        a = int(round(rng.uniform(0, seconds - length) * sample_rate))
+        b = min(n, a + int(round(length * sample_rate)))
+        if b - a < 2:
+            continue
+        sig = (GENERATORS.get(name) or DISTRACTORS[name])(rng, b - a, sample_rate, similarity)
+        y[a:b] += sig * (bg_rms * 10 ** (rng.uniform(*SCENE_SNR_DB) / 20) / (np.sqrt(np.mean(sig**2)) + 1e-12))
+    k = np.arange(max(2, int(3 * tau * sample_rate))) / sample_rate
+    ir = loc.standard_normal(len(k)) * np.exp(-k / tau)
+    rev = fftconvolve(y, ir / (np.sqrt(np.sum(ir**2)) + 1e-12))[:n]
+    y = (1 - wet) * y + wet * rev
+    peak = np.abs(y).max()
+    if peak > 0.95:
+        y *= 0.95 / peak
+    return y.astype(np.float32)
+
+
+def _write_scene_metadata(out: Path, plans: list[ScenePlan]) -> None:
+    rows = sorted(plans, key=lambda p: p.filename)
+    meta = ["filename\tscene_label\tidentifier\tsource_label"]
+    meta += [f"{p.filename}\t{p.scene}\t{p.identifier}\ta" for p in rows]
+    (out / "meta.csv").write_text("\n".join(meta) + "\n")
+    setup = out / "evaluation_setup"
+    setup.mkdir(parents=True, exist_ok=True)
+    for part in ("train", "evaluate"):
+        lines = ["filename\tscene_label"] + [f"{p.filename}\t{p.scene}" for p in rows if p.part == part]
+        (setup / f"fold1_{part}.csv").write_text("\n".join(lines) + "\n")
+    test = ["filename"] + [p.filename for p in rows if p.part == "evaluate"]
+    (setup / "fold1_test.csv").write_text("\n".join(test) + "\n")
+
+
+def synthesize_scenes(
+    out: Path,
+    clips: int = 600,
+    seconds: float = 4.0,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    progress: bool = False,
+    *,
+    scenes: int | tuple[str, ...] = 10,
+    similarity: float = SIMILARITY,
+) -> Path:
+    """Write an acoustic scene dataset in the DCASE 2018 task 1 development layout under `out`
+    (meta.csv, audio/, evaluation_setup/fold1_{train,evaluate,test}.csv); same arguments give
+    byte-identical files. `scenes` is a number of the ten DCASE 2018 scenes or their names."""
+    out = Path(out)
+    plans = plan_scenes(clips, seed, scenes)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+
+    def render_all(advance: Callable[[], None]) -> None:
+        for plan in plans:
+            write_wav(out / plan.filename, render_scene(plan, seconds, sample_rate, similarity), sample_rate)
+            advance()
+
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("synth scenes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+            task = bar.add_task("synth", total=len(plans))
+            render_all(lambda: bar.advance(task))
+    else:
+        render_all(lambda: None)
+    _write_scene_metadata(out, plans)
     return out

@@ -11,6 +11,7 @@ import pandas as pd
 from harmonia import tracking
 from harmonia.config import HarmoniaConfig
 from harmonia.featureset import FeatureSet, prepare
+from harmonia.metrics import get_metric
 from harmonia.progress import console, progress_bar
 from harmonia.search.callbacks import MlflowRunCloser, ProgressCallback
 from harmonia.search.cluster import connect
@@ -80,10 +81,10 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
         if not tune.Tuner.can_restore(path):
             raise FileNotFoundError(f"{path}: no search to resume here")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    metric = f"valid_{s.metric}"
-    searcher = OptunaSearch(space=define_by_run(cfg.space), metric=metric, mode="max",
+    metric, mode = f"valid_{s.metric}", ("max" if get_metric(s.metric).greater_is_better else "min")
+    searcher = OptunaSearch(space=define_by_run(cfg.space, cfg.task), metric=metric, mode=mode,
                             sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=max(2, s.num_samples // 3)))
-    scheduler = ASHAScheduler(metric=metric, mode="max", time_attr="training_iteration", max_t=s.max_epochs,
+    scheduler = ASHAScheduler(metric=metric, mode=mode, time_attr="training_iteration", max_t=s.max_epochs,
                               grace_period=min(s.grace_period, s.max_epochs), reduction_factor=s.reduction_factor)
     return tune.Tuner(
         trainable,
@@ -106,7 +107,7 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
 def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = True) -> SearchResult:
     """The whole search stage; `cfg` must be resolved (absolute paths)."""
     # Every input is checked before Ray or any trial starts: space, tracking server, dataset, features.
-    validate_overrides(cfg.space)
+    validate_overrides(cfg.space, cfg.task)
     tracking.check_reachable(cfg.tracking.uri)
     ds, fs = prepare(cfg, progress=progress)
     connect(cfg.search.address)
@@ -161,7 +162,8 @@ def trials_table(results, metric: str) -> pd.DataFrame:
             "params": {k: v for k, v in (r.config or {}).items()},
         })
     df = pd.DataFrame(rows)
-    return df.sort_values("score", ascending=False, na_position="last").reset_index(drop=True) if len(df) else df
+    ascending = not get_metric(metric).greater_is_better
+    return df.sort_values("score", ascending=ascending, na_position="last").reset_index(drop=True) if len(df) else df
 
 
 def print_trials(table: pd.DataFrame, metric: str, top: int = 10) -> None:

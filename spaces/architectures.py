@@ -5,14 +5,26 @@ from __future__ import annotations
 from harmonia.spaces.core import Space, SpacePart
 
 ARCHITECTURE_SPACES: dict[str, SpacePart] = {}
+ARCHITECTURE_TASKS: dict[str, tuple[str, ...]] = {}
+"""The tasks each architecture's space is sampled for; the same as the architecture registry's
+(`harmonia.trainables.architectures.ARCHITECTURES[name].tasks`, checked by a test). Spaces do not
+import the trainables, so the tasks are declared here too."""
+
+DEFAULT_TASKS: tuple[str, ...] = ("tagging", "sed", "scene")
 
 
-def register_architecture_space(name: str):
+def register_architecture_space(name: str, tasks: tuple[str, ...] = DEFAULT_TASKS):
     def deco(fn: SpacePart) -> SpacePart:
         ARCHITECTURE_SPACES[name] = fn
+        ARCHITECTURE_TASKS[name] = tasks
         return fn
 
     return deco
+
+
+def architectures_for(task: str | None) -> list[str]:
+    """The architectures a search of `task` samples from (every one when task is None), sorted."""
+    return sorted(n for n in ARCHITECTURE_SPACES if task is None or task in ARCHITECTURE_TASKS[n])
 
 
 @register_architecture_space("crnn")
@@ -23,6 +35,16 @@ def crnn_space(s: Space) -> None:
     s.categorical("crnn.gru_size", [32, 64])
     s.float("crnn.dropout", 0.0, 0.4)
     s.categorical("crnn.pooling", ["max", "avg", "attention"])
+
+
+@register_architecture_space("crnn_ctc", tasks=("sequence",))
+def crnn_ctc_space(s: Space) -> None:
+    """CRNN-CTC (crnn_ctc_sequential_labels.txt §1.4): the CRNN's conv/BGRU sizes, no clip pooling."""
+    s.int("crnn_ctc.blocks", 2, 4)
+    s.categorical("crnn_ctc.channels", [16, 32])
+    s.categorical("crnn_ctc.gru_size", [32, 64])
+    s.float("crnn_ctc.dropout", 0.0, 0.4)
+    s.categorical("crnn_ctc.time_pool", [2, 4])
 
 
 @register_architecture_space("gated_crnn")

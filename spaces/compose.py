@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harmonia.spaces.architectures import ARCHITECTURE_SPACES
+from harmonia.spaces.architectures import ARCHITECTURE_SPACES, ARCHITECTURE_TASKS, architectures_for
 from harmonia.spaces.augmentations import AUGMENTATION_SPACES
 from harmonia.spaces.core import RecordingTrial, Space, SpaceError
 
@@ -18,15 +18,20 @@ def training_space(s: Space) -> None:
 class DefineByRun:
     """The function of an optuna.Trial that `OptunaSearch(space=...)` takes; returns the constants.
 
-    A class rather than a closure so that Tune can pickle the searcher state for resume.
+    A class rather than a closure so that Tune can pickle the searcher state for resume. `arch` is
+    sampled from the architectures of `task` only (CRNN-CTC for "sequence", never for the others).
     """
 
-    def __init__(self, overrides: dict[str, Any] | None = None):
+    def __init__(self, overrides: dict[str, Any] | None = None, task: str = "tagging"):
         self.overrides = dict(overrides or {})
+        self.task = task
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"task": "tagging", **state})  # searcher state pickled before `task` existed
 
     def __call__(self, trial) -> dict[str, Any]:
         s = Space(trial, self.overrides)
-        arch = s.categorical("arch", sorted(ARCHITECTURE_SPACES))
+        arch = s.categorical("arch", architectures_for(self.task))
         ARCHITECTURE_SPACES[arch](s)
         training_space(s)
         for name in sorted(AUGMENTATION_SPACES):
@@ -35,8 +40,8 @@ class DefineByRun:
         return s.constants
 
 
-def define_by_run(overrides: dict[str, Any] | None = None) -> DefineByRun:
-    return DefineByRun(overrides)
+def define_by_run(overrides: dict[str, Any] | None = None, task: str = "tagging") -> DefineByRun:
+    return DefineByRun(overrides, task)
 
 
 def parameter_names() -> dict[str, list[str]]:
@@ -53,8 +58,9 @@ def parameter_names() -> dict[str, list[str]]:
     return parts
 
 
-def validate_overrides(overrides: dict[str, Any]) -> None:
-    """Unknown names, empty choices and inverted ranges raise SpaceError before any trial starts."""
+def validate_overrides(overrides: dict[str, Any], task: str | None = "tagging") -> None:
+    """Unknown names, empty choices, inverted ranges and (with a task) architectures that do not
+    support the task raise SpaceError before any trial starts."""
     valid = sorted({n for names in parameter_names().values() for n in names})
     for key in overrides:
         if key not in valid:
@@ -64,6 +70,12 @@ def validate_overrides(overrides: dict[str, Any]) -> None:
         for a in arch if isinstance(arch, list) else [arch]:
             if a not in ARCHITECTURE_SPACES:
                 raise SpaceError(f"space.arch: unknown architecture {a!r}; valid: {', '.join(sorted(ARCHITECTURE_SPACES))}")
+            if task is not None and task not in ARCHITECTURE_TASKS[a]:
+                raise SpaceError(f"space.arch: architecture {a!r} does not support task {task!r} (it supports: "
+                                 f"{', '.join(ARCHITECTURE_TASKS[a])}); architectures for task {task!r}: "
+                                 f"{', '.join(architectures_for(task)) or 'none'}")
+    if task is not None and not architectures_for(task):
+        raise SpaceError(f"task {task!r}: no architecture supports it")
     # Walk every branch once with a recorder so each override's form is checked.
     for arch_name in ARCHITECTURE_SPACES:
         s = Space(RecordingTrial(), overrides)

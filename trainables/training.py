@@ -11,12 +11,10 @@ import torch
 from torch import nn
 
 from harmonia.featureset import FeatureSet
-from harmonia.metrics import f1_micro, mean_average_precision, roc_auc_macro
+from harmonia.metrics import get_metric
 from harmonia.trainables.architectures import build_model
 from harmonia.trainables.augmentations import Batch, balanced_sampling_weights, build_augmentations
-
-SCORE_METRICS = {"mAP": mean_average_precision, "auc": roc_auc_macro, "f1": f1_micro}
-
+from harmonia.trainables.tasks import get_strategy, pool_frame_targets, tag_scores  # noqa: F401  (re-export)
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the trial fails with this reason."""
@@ -30,54 +28,44 @@ class EpochResult:
     done: bool
 
 
-def pool_frame_targets(y_frames: torch.Tensor, t_out: int) -> torch.Tensor:
-    """Frame targets [B, T, C] at feature hop → [B, t_out, C] by max over each output frame's window."""
-    b, t, c = y_frames.shape
-    if t_out == t:
-        return y_frames
-    p = max(1, t // t_out)
-    y = y_frames[:, : t_out * p].reshape(b, t_out, p, c).amax(2)
-    if y.shape[1] < t_out:
-        y = torch.cat([y, y.new_zeros(b, t_out - y.shape[1], c)], 1)
-    return y
-
-
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def evaluate(y: np.ndarray, probs: np.ndarray, prefix: str) -> dict[str, float]:
-    """Clip-level scores of one split: mAP, macro ROC AUC, micro F1 at 0.5, BCE loss."""
-    p = np.clip(probs, 1e-7, 1 - 1e-7)
-    bce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    out = {f"{prefix}_{k}": float(fn(y, probs)) for k, fn in SCORE_METRICS.items()}
-    out[f"{prefix}_loss"] = bce
-    return out
+    """Clip-level tag scores of one split: mAP, macro ROC AUC, micro F1 at 0.5, BCE loss."""
+    return tag_scores(y, probs, prefix)
 
 
 class Trainer:
-    """Adam + BCE on clip outputs, early stopping on a valid metric; state round-trips for checkpoints.
+    """Adam on the task's loss, early stopping on a valid metric; state round-trips for checkpoints.
 
     `params` are a trial's flat params: `arch`, `lr`, `batch_size`, `<arch>.<field>`, `aug.<name>`, ...
+    The task's strategy (`harmonia.trainables.tasks.TASK_STRATEGIES`) gives the loss (BCE for tagging,
+    + frame BCE for sed, CTC for sequence, cross-entropy for scene) and the valid scores. `self.params`
+    records the task with the params, so a saved model is rebuilt with the same outputs.
     """
 
     def __init__(self, params: dict, data: FeatureSet, *, max_epochs: int, patience: int,
                  metric: str = "mAP", seed: int = 0, device: torch.device | None = None, task: str = "tagging"):
-        if task == "sed" and data.splits["train"].y_frames is None:
-            raise ValueError("task 'sed' needs strong labels (onset/offset) in the train split")
-        self.params, self.data, self.task = params, data, task
+        self.strategy = get_strategy(task)
+        if metric not in self.strategy.metrics:
+            raise ValueError(f"metric {metric!r} is not scored for task {task!r}; valid: {', '.join(self.strategy.metrics)}")
+        self.strategy.check(data)
+        self.params, self.data, self.task = {**params, "task": task}, data, task
         self.max_epochs, self.patience, self.metric = max_epochs, patience, metric
+        self.sign = get_metric(metric).sign()  # +1: higher is better; -1 (log_loss): lower is better
         self.device = device or pick_device()
         torch.manual_seed(seed)
         self.gen = torch.Generator().manual_seed(seed)
-        self.model = build_model(params["arch"], params, data.n_features, len(data.classes)).to(self.device)
+        self.model = build_model(params["arch"], self.params, data.n_features, len(data.classes)).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(params.get("lr", 1e-3)),
                                           weight_decay=float(params.get("weight_decay", 0.0)))
         self.augmentations = build_augmentations(params)
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch = 0
-        self.best_score = -math.inf
+        self.best_score = -self.sign * math.inf
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] = copy.deepcopy(self.model.state_dict())
         self.bad_epochs = 0
@@ -107,19 +95,18 @@ class Trainer:
             idx = order[start:start + bs]
             if len(idx) < 2:
                 continue  # batch norm needs two samples
-            yf = None if self.task != "sed" else torch.from_numpy(split.y_frames[idx.numpy()]).float()
+            rows = idx.numpy()
+            yf = torch.from_numpy(split.y_frames[rows]).float() if self.strategy.frame_targets else None
             batch = Batch(x[idx], y[idx], yf)
             for aug in self.augmentations:
                 batch = aug(batch, self.gen)
-            xb, yb = batch.x.to(self.device), batch.y.to(self.device)
+            batch = Batch(batch.x.to(self.device), batch.y.to(self.device),
+                          None if batch.y_frames is None else batch.y_frames.to(self.device))
             with torch.autocast(self.device.type, enabled=self.amp):
-                clip, frames = self.model(xb)
-            if not torch.isfinite(clip).all():
+                out = self.strategy.forward(self.model, batch.x)
+            if not torch.isfinite(out[0]).all():
                 raise NonFiniteLossError(f"model outputs became NaN/inf at epoch {self.epoch + 1} (loss undefined)")
-            loss = nn.functional.binary_cross_entropy(clip.float().clamp(1e-7, 1 - 1e-7), yb)
-            if batch.y_frames is not None:
-                target = pool_frame_targets(batch.y_frames, frames.shape[1]).to(self.device)
-                loss = loss + nn.functional.binary_cross_entropy(frames.float().clamp(1e-7, 1 - 1e-7), target)
+            loss = self.strategy.loss(out, batch, split, rows)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.epoch + 1}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -149,11 +136,11 @@ class Trainer:
         self.epoch += 1
         probs, frames = self.predict("valid")
         self.last_valid = (probs, frames)
-        metrics = {"train_loss": train_loss, **evaluate(self.data.splits["valid"].y, probs, "valid")}
+        metrics = {"train_loss": train_loss, **self.strategy.evaluate(self.data.splits["valid"], probs, frames, "valid")}
         if not math.isfinite(metrics["valid_loss"]):
             raise NonFiniteLossError(f"valid loss became {metrics['valid_loss']} at epoch {self.epoch}")
         score = metrics[f"valid_{self.metric}"]
-        improved = score > self.best_score
+        improved = self.sign * (score - self.best_score) > 0
         if improved:
             self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
             self.best_state = copy.deepcopy(self.model.state_dict())

@@ -41,10 +41,15 @@ class RecurrentHead(nn.Module):
         self.classifier = nn.Linear(2 * gru_size, n_classes)
         self.pool = ClipPooling(pooling, 2 * gru_size, n_classes)
 
-    def forward(self, h: torch.Tensor) -> ModelOutput:
+    def frame_logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(classifier logits [B, T, n_classes], BGRU states [B, T, 2·gru]) of a conv map [B, ch, T, F]."""
         b, ch, t, f = h.shape
         h, _ = self.gru(h.permute(0, 2, 1, 3).reshape(b, t, ch * f))
-        frames = torch.sigmoid(self.classifier(h))
+        return self.classifier(h), h
+
+    def forward(self, h: torch.Tensor) -> ModelOutput:
+        logits, h = self.frame_logits(h)
+        frames = torch.sigmoid(logits)
         return self.pool(frames, h), frames
 
 
@@ -57,6 +62,21 @@ def conv_block(c_in: int, c_out: int, pool: tuple[int, int], dropout: float) -> 
         nn.MaxPool2d(pool),
         nn.Dropout(dropout),
     )
+
+
+def crnn_convs(blocks: int, channels: int, dropout: float, time_pool: int, n_mels: int) -> tuple[nn.Sequential, int]:
+    """The CRNN conv stack and its output width (channels × remaining bins, the BGRU input).
+
+    Block i has `channels` × min(2^i, 4) filters and pools frequency by 2 (while ≥ 2 bins remain);
+    time is pooled once, by `time_pool`, in the first block.
+    """
+    layers, c_in, f = [], 1, n_mels
+    for i in range(blocks):
+        c_out = channels * min(2**i, 4)
+        pool = (time_pool if i == 0 else 1, 2 if f >= 2 else 1)
+        layers.append(conv_block(c_in, c_out, pool, dropout))
+        c_in, f = c_out, f // pool[1]
+    return nn.Sequential(*layers), c_in * f
 
 
 @dataclass(frozen=True)
@@ -81,14 +101,8 @@ class CRNN(nn.Module):
     def __init__(self, cfg: CRNNConfig, n_mels: int, n_classes: int):
         super().__init__()
         self.cfg = cfg
-        layers, c_in, f = [], 1, n_mels
-        for i in range(cfg.blocks):
-            c_out = cfg.channels * min(2**i, 4)
-            pool = (cfg.time_pool if i == 0 else 1, 2 if f >= 2 else 1)
-            layers.append(conv_block(c_in, c_out, pool, cfg.dropout))
-            c_in, f = c_out, f // pool[1]
-        self.convs = nn.Sequential(*layers)
-        self.head = RecurrentHead(c_in * f, cfg.gru_size, n_classes, cfg.pooling)
+        self.convs, width = crnn_convs(cfg.blocks, cfg.channels, cfg.dropout, cfg.time_pool, n_mels)
+        self.head = RecurrentHead(width, cfg.gru_size, n_classes, cfg.pooling)
         self.time_pool = cfg.time_pool
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
