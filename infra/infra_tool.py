@@ -14,6 +14,17 @@ Subcommands:
                                poll URL until it answers HTTP 200 (or any HTTP status)
   listeners PID                print "addr:port" of TCP sockets listened on by PID and its children
   alive-nodes ADDRESS          print how many nodes the Ray GCS at ADDRESS has alive (imports ray)
+  pg-bin [--pg-bin DIR]        print the folder of the PostgreSQL server programs (initdb, pg_ctl,
+                               postgres, createdb), or say what is missing and exit 1
+  pg-up --dir D [--port P] [--pg-bin DIR]
+                               a throwaway PostgreSQL in D: initdb on first use (role and database
+                               `mlflow`, a random password kept in D/pgpass, mode 600, never printed),
+                               started on 127.0.0.1 only (no unix socket), on P or a free port; prints
+                               PG_URI=postgresql+psycopg://mlflow@127.0.0.1:PORT/mlflow (no password),
+                               PGPASSFILE=D/pgpass and PG_PID=...
+  pg-down --dir D [--purge]    stop that PostgreSQL (pg_ctl stop -m fast, SIGKILL after 30 s);
+                               --purge then deletes D (only a folder that pg-up made)
+  pg-status --dir D            "running PORT PID" or "stopped" (exit 3)
 
 Nothing here kills by process name: only processes whose command line names this
 cluster's temp dir or its GCS port are touched, so another Ray on the same host
@@ -23,10 +34,15 @@ cluster's temp dir or its GCS port are touched, so another Ray on the same host
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -154,8 +170,9 @@ def _matches(cmdline: list[str], port: int, temp_dir: str) -> bool:
     line = " ".join(cmdline)
     if temp_dir and re.search(re.escape(temp_dir.rstrip("/")) + r"(/|\s|$)", line):
         return True
-    # processes that carry only the GCS address (e.g. the ray client server)
-    if re.search(rf"--gcs[-_]address[= ]\S*:{port}(\s|$)", line):
+    # processes that carry only the GCS address: `--gcs-address` (agents), `--address` (the Ray Client
+    # server, proxy and specific servers, which `ray start` detaches from the raylet)
+    if re.search(rf"--(gcs[-_])?address[= ]\S*:{port}(\s|$)", line):
         return True
     if re.search(rf"--gcs_server_port[= ]{port}(\s|$)", line):
         return True
@@ -300,6 +317,261 @@ def alive_nodes(address: str) -> int:
     return sum(1 for n in infos if n.state == GcsNodeInfo.GcsNodeState.ALIVE)
 
 
+# --------------------------------------------------------------------------- local PostgreSQL
+PG_ROLE = PG_DB = "mlflow"
+PG_PROGRAMS = ("initdb", "pg_ctl", "postgres", "createdb")
+_PG_STATE = "harmonia-postgres.json"  # marks a folder made by pg-up (pg-down --purge deletes no other)
+
+
+class PgError(RuntimeError):
+    """The local PostgreSQL cannot be found, started or stopped; the message says what to do."""
+
+
+def _pg_candidates(given: str | None) -> list[tuple[str, str]]:
+    """(folder, where it came from), in order of preference."""
+    out = []
+    if given:
+        out.append((given, "--pg-bin"))
+    if os.environ.get("PG_BIN"):
+        out.append((os.environ["PG_BIN"], "PG_BIN"))
+    on_path = shutil.which("initdb")
+    if on_path:
+        out.append((os.path.dirname(os.path.realpath(on_path)), "initdb on PATH"))
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10).stdout.strip()
+            if bindir:
+                out.append((bindir, "pg_config --bindir"))
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+    def version(path: str) -> tuple:
+        m = re.search(r"/(\d+)(?:\.(\d+))?/bin$", path)
+        return (int(m.group(1)), int(m.group(2) or 0)) if m else (0, 0)
+
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/pgsql-*/bin"), key=version, reverse=True):
+        out.append((d, "the distribution's PostgreSQL"))
+    return out
+
+
+def find_pg_bin(given: str | None = None) -> str:
+    """The first folder that holds every program of PG_PROGRAMS; PgError naming what is missing where."""
+    looked = []
+    for folder, origin in _pg_candidates(given):
+        missing = [p for p in PG_PROGRAMS if not os.access(os.path.join(folder, p), os.X_OK)]
+        if not missing:
+            return os.path.realpath(folder)
+        looked.append(f"{folder} ({origin}): no {', '.join(missing)}")
+        if origin == "--pg-bin":
+            break  # an explicit folder is not second-guessed
+    where = "; ".join(looked) if looked else "no initdb on PATH, no pg_config, no /usr/lib/postgresql/*/bin"
+    raise PgError(f"PostgreSQL server programs ({', '.join(PG_PROGRAMS)}) not found: {where}. Install them "
+                  "(Debian/Ubuntu: apt-get install postgresql) or name their folder with --pg-bin DIR / PG_BIN")
+
+
+def _server_user() -> tuple[int, int, str] | None:
+    """PostgreSQL refuses to run as root: as root, run it as 'postgres' (or 'nobody'); else as us (None)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    for name in ("postgres", "nobody"):
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return pw.pw_uid, pw.pw_gid, name
+    raise PgError("running as root, which PostgreSQL refuses, and there is no 'postgres' or 'nobody' user to "
+                  "run it as: create one (useradd --system postgres) or run this as another user")
+
+
+def _reachable_by(path: str, uid: int, gid: int) -> str | None:
+    """The first folder on the way to `path` that user uid:gid cannot enter, or None."""
+    import stat as st
+
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        d = os.sep.join(parts[:i]) or os.sep
+        try:
+            s = os.stat(d)
+        except FileNotFoundError:
+            return None  # made below, by us, with the right mode
+        mode = s.st_mode
+        ok = (mode & st.S_IXUSR) if s.st_uid == uid else (mode & st.S_IXGRP) if s.st_gid == gid else (mode & st.S_IXOTH)
+        if not ok:
+            return f"{d} (mode {st.filemode(mode)}, owner uid {s.st_uid})"
+    return None
+
+
+def _as_server(cmd: list[str], cwd: str, timeout: float, user) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C", "HOME": cwd}
+    kw = {}
+    if user is not None:
+        kw = {"user": user[0], "group": user[1], "extra_groups": []}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kw)
+
+
+def _postmaster_pid(data: str) -> int | None:
+    """The pid in DATA/postmaster.pid if that process is alive (and not a zombie)."""
+    try:
+        with open(os.path.join(data, "postmaster.pid")) as f:
+            pid = int(f.readline().strip())
+        return pid if Proc(pid).state != "Z" else None
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: str, n: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _read_state(d: str) -> dict:
+    try:
+        with open(os.path.join(d, _PG_STATE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(d: str, state: dict) -> None:
+    with open(os.path.join(d, _PG_STATE), "w") as f:
+        json.dump(state, f)
+
+
+def pg_up(d: str, port: int | None = None, pg_bin: str | None = None, timeout: float = 60) -> dict:
+    """Start (initdb on first use) the throwaway PostgreSQL in `d`; return uri, passfile, port, pid.
+
+    The password is random, lives only in D/pgpass (mode 600, libpq's format) and reaches mlflow and
+    psql through PGPASSFILE: it is in no URI, no command line, no output. The server listens on
+    127.0.0.1 only and has no unix socket; pg_hba asks for the password (scram-sha-256) even there.
+    """
+    d = os.path.abspath(d)
+    data, pgpass, log = os.path.join(d, "data"), os.path.join(d, "pgpass"), os.path.join(d, "postgres.log")
+    state = _read_state(d)
+    pid = _postmaster_pid(data)
+    if pid is not None:
+        if not state.get("port"):
+            raise PgError(f"a PostgreSQL (pid {pid}) runs on {data} but {d}/{_PG_STATE} is missing: stop it first")
+        return _pg_info(d, state["port"], pid)
+    binary = find_pg_bin(pg_bin or state.get("bin"))
+    user = _server_user()
+    if os.path.exists(d) and os.listdir(d) and not state:
+        raise PgError(f"{d} is not empty and was not made by pg-up ({_PG_STATE} missing): choose another --pg-dir")
+    if user is not None:
+        blocked = _reachable_by(d, user[0], user[1])
+        if blocked:
+            raise PgError(f"PostgreSQL refuses to run as root, so it runs as user '{user[2]}', which cannot enter "
+                          f"{blocked} on the way to {d}: choose a --pg-dir (or --run-dir) whose parents it can "
+                          "enter, e.g. under /tmp, or chmod o+x that folder")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o711 if user is not None else 0o700)
+    if not state:
+        _write_state(d, {"port": None, "bin": binary, "user": user[2] if user else None})
+
+    if not os.path.isfile(os.path.join(data, "PG_VERSION")):
+        if os.path.exists(data):
+            shutil.rmtree(data)  # a half-made cluster from an initdb that failed
+        password = secrets.token_hex(24)
+        fd = os.open(pgpass, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"127.0.0.1:*:*:{PG_ROLE}:{password}\nlocalhost:*:*:{PG_ROLE}:{password}\n")
+        pwfile = os.path.join(d, ".pwfile")
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        try:
+            os.makedirs(data, mode=0o700)
+            if user is not None:
+                os.chown(pwfile, user[0], user[1])
+                os.chown(data, user[0], user[1])
+            r = _as_server([os.path.join(binary, "initdb"), "-D", data, "-U", PG_ROLE, "--pwfile", pwfile,
+                            "--auth", "scram-sha-256", "--encoding", "UTF8", "--locale", "C", "--no-instructions"],
+                           cwd=d, timeout=180, user=user)
+        finally:
+            os.unlink(pwfile)
+        if r.returncode != 0:
+            raise PgError(f"initdb failed (exit {r.returncode}) in {data}:\n{(r.stdout + r.stderr)[-2000:]}")
+        with open(os.path.join(data, "postgresql.conf"), "a") as f:
+            f.write("\n# harmonia infra/infra_tool.py pg-up: loopback TCP only, no unix socket\n"
+                    "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
+    elif not os.path.isfile(pgpass):
+        raise PgError(f"{pgpass} is missing: the password of the PostgreSQL in {data} is lost; "
+                      f"delete {d} (pg-down --purge) to start afresh")
+
+    if port is None:
+        old = state.get("port")
+        port = old if old and _port_free(old) else free_ports(1)[0]
+    elif not _port_free(port):
+        raise PgError(f"port {port} is taken by another process: choose another or leave it out for a free one")
+    if not os.path.exists(log):
+        open(log, "a").close()
+    os.chmod(log, 0o600)
+    if user is not None:
+        os.chown(log, user[0], user[1])
+    _write_state(d, {"port": port, "bin": binary, "user": user[2] if user else None})
+    r = _as_server([os.path.join(binary, "pg_ctl"), "-D", data, "-l", log, "-w", "-t", str(int(timeout)),
+                    "-o", f"-p {port}", "start"], cwd=d, timeout=timeout + 30, user=user)
+    pid = _postmaster_pid(data)
+    if r.returncode != 0 or pid is None:
+        raise PgError(f"PostgreSQL did not start on 127.0.0.1:{port} (pg_ctl exit {r.returncode}): "
+                      f"{(r.stdout + r.stderr).strip()[-500:]}\n---- {log}:\n{_tail(log)}")
+    env = {**os.environ, "PGPASSFILE": pgpass, "PGCONNECT_TIMEOUT": "10"}
+    for k in ("PGPASSWORD", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"):
+        env.pop(k, None)
+    r = subprocess.run([os.path.join(binary, "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_ROLE,
+                        "-w", PG_DB], capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    if r.returncode != 0 and "already exists" not in r.stderr:
+        pg_down(d)
+        raise PgError(f"createdb {PG_DB} failed (exit {r.returncode}): {r.stderr.strip()}")
+    return _pg_info(d, port, pid)
+
+
+def _pg_info(d: str, port: int, pid: int) -> dict:
+    return {"uri": f"postgresql+psycopg://{PG_ROLE}@127.0.0.1:{port}/{PG_DB}", "passfile": os.path.join(d, "pgpass"),
+            "port": port, "pid": pid}
+
+
+def pg_down(d: str, purge: bool = False, grace: float = 30) -> str:
+    """Stop the PostgreSQL of `d` (fast shutdown: open sessions are ended); with `purge`, delete `d`."""
+    d = os.path.abspath(d)
+    data = os.path.join(d, "data")
+    state = _read_state(d)
+    pid = _postmaster_pid(data)
+    said = "no PostgreSQL running in " + d
+    if pid is not None:
+        binary = state.get("bin") or find_pg_bin()
+        try:
+            _as_server([os.path.join(binary, "pg_ctl"), "-D", data, "-m", "fast", "-w", "-t", str(int(grace)), "stop"],
+                       cwd=d, timeout=grace + 30, user=_server_user())
+        except (OSError, subprocess.SubprocessError, PgError):
+            pass
+        proc = Proc(pid)
+        if _wait_gone([proc], 5):
+            proc.signal(signal.SIGKILL)
+            _wait_gone([proc], 5)
+        said = f"PostgreSQL (pid {pid}, port {state.get('port')}) stopped"
+    if purge and os.path.isdir(d):
+        if not state and os.listdir(d):
+            raise PgError(f"{d} was not made by pg-up ({_PG_STATE} missing): not deleting it")
+        shutil.rmtree(d)
+        said += f"; {d} deleted"
+    return said
+
+
+def pg_status(d: str) -> tuple[bool, str]:
+    d = os.path.abspath(d)
+    pid = _postmaster_pid(os.path.join(d, "data"))
+    if pid is None:
+        return False, "stopped"
+    return True, f"running 127.0.0.1:{_read_state(d).get('port')} pid {pid}"
+
+
 # --------------------------------------------------------------------------- http
 def wait_http(url: str, timeout: float, any_status: bool = False) -> bool:
     """Poll `url` until it answers 200 (or, with `any_status`, anything at all: a 401 from a
@@ -335,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--any-status", action="store_true")
     s = sub.add_parser("listeners"); s.add_argument("pid", type=int)
     s = sub.add_parser("alive-nodes"); s.add_argument("address")
+    s = sub.add_parser("pg-bin"); s.add_argument("--pg-bin")
+    s = sub.add_parser("pg-up"); s.add_argument("--dir", required=True); s.add_argument("--port", type=int)
+    s.add_argument("--pg-bin")
+    s = sub.add_parser("pg-down"); s.add_argument("--dir", required=True); s.add_argument("--purge", action="store_true")
+    s = sub.add_parser("pg-status"); s.add_argument("--dir", required=True)
     a = ap.parse_args(argv)
 
     if a.cmd == "mask-uri":
@@ -355,6 +632,22 @@ def main(argv: list[str] | None = None) -> int:
         print(alive_nodes(a.address))
     elif a.cmd == "listeners":
         print("\n".join(listeners(a.pid)))
+    elif a.cmd.startswith("pg-"):
+        try:
+            if a.cmd == "pg-bin":
+                print(find_pg_bin(a.pg_bin))
+            elif a.cmd == "pg-up":
+                info = pg_up(a.dir, a.port, a.pg_bin)
+                print(f"PG_URI={info['uri']}\nPGPASSFILE={info['passfile']}\nPG_PID={info['pid']}")
+            elif a.cmd == "pg-down":
+                print(pg_down(a.dir, a.purge))
+            else:
+                running, said = pg_status(a.dir)
+                print(said)
+                return 0 if running else 3
+        except PgError as err:
+            print(f"infra_tool.py {a.cmd}: {err}", file=sys.stderr)
+            return 1
     return 0
 
 

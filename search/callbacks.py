@@ -47,8 +47,13 @@ class ProgressCallback(tune.Callback):
         self.done: set[str] = set()
 
     def __getstate__(self):
-        """Tune pickles its callbacks with the experiment state; the live bar stays behind."""
-        return {**self.__dict__, "advance": _no_progress}
+        """Tune pickles its callbacks with the experiment state, and under the Ray Client sends them to
+        its driver actor on the cluster: a live local bar stays behind, a `RemoteAdvance` (the Ray Client
+        relay, see search/cluster.py) goes along."""
+        from harmonia.search.cluster import RemoteAdvance
+
+        keep = isinstance(self.advance, RemoteAdvance)
+        return {**self.__dict__, "advance": self.advance if keep else _no_progress}
 
     def _finish(self, trial):
         if trial.trial_id not in self.done:

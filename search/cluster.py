@@ -1,12 +1,35 @@
-"""Connecting the driver to Ray: a local instance by default, or a cluster by `--address`."""
+"""Connecting the driver to Ray: a local instance by default, or a cluster by `--address`.
+
+Three forms of address: `auto` (the cluster this node belongs to, or `RAY_ADDRESS`), `HOST:PORT` (a
+cluster's GCS, from a machine inside its network) and `ray://HOST:PORT` (the Ray Client, from anywhere
+that reaches the head's client-server port). Under the Ray Client, Ray Tune runs its driver loop
+(`TunerInternal`: searcher, scheduler, callbacks, experiment state) in an actor on the node of the
+client server, the head; this process only prepares the data, uploads it once, and waits. Hence the
+client helpers below: the search's `storage_path` must be the same place for this process and for the
+head (`check_client_storage`), and the progress bar is fed by a counter on the cluster
+(`relay_progress`), since Tune's callbacks run there.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
+import threading
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
 
 ADDRESS_FORMS = "'auto', 'HOST:PORT' or 'ray://HOST:PORT'"
+RAY_CLIENT_INSTALL = "pip install 'ray[client]==2.60.0'"
+# Every worker Ray starts imports what a trial needs (torch, mlflow and its SQL store: about 5 s) as it
+# starts, in the background while the driver loads features; Tune's trial actors take these warm workers.
+# Without `prestart_worker_first_driver: False`, `ray.init` would wait for those imports.
+PRELOAD_MODULES = ("ray.tune", "harmonia.trainables.trial", "mlflow.store.tracking.sqlalchemy_store")
+PRELOAD_SYSTEM_CONFIG = {"preload_python_modules": list(PRELOAD_MODULES), "enable_worker_prestart": True,
+                         "prestart_worker_first_driver": False}
 
 
 class ClusterError(RuntimeError):
@@ -40,13 +63,183 @@ def connect(address: str | None, num_cpus: int | None = None, timeout: float = 5
 
     if address is not None:
         kind, host, port = parse_address(address)
+        if kind == "client":
+            try:
+                import grpc  # noqa: F401 - the Ray Client speaks gRPC
+            except ImportError:
+                raise ClusterError(f"--address {address}: the Ray Client needs grpcio, which this environment "
+                                   f"lacks: {RAY_CLIENT_INSTALL}") from None
         if host is not None:
             check_reachable(host, port, timeout)
     if ray.is_initialized():
         return
     env = {"runtime_env": {"env_vars": {"PYTHONWARNINGS": "ignore"}}}
     if address is None:
+        # No job runtime_env here: workers of a job with one are not the prestarted (preloaded) ones;
+        # the local workers inherit this process's environment instead.
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 configure_logging=False, log_to_driver=False, **env)
+                 configure_logging=False, log_to_driver=False, _system_config=PRELOAD_SYSTEM_CONFIG)
         return
     ray.init(address=address, configure_logging=False, log_to_driver=False, **env)
+
+
+def is_client() -> bool:
+    """Whether this process drives Ray through the Ray Client (`ray://`, also by `RAY_ADDRESS`)."""
+    import ray
+
+    return ray.util.client.ray.is_connected()
+
+
+# ------------------------------------------------------------------------------------------ Ray Client
+def _client_server_node():
+    """Scheduling on the node of the Ray Client server: where Tune puts its driver actor."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _read_marker(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def check_client_storage(storage_path: str, timeout: float = 60.0) -> None:
+    """Under the Ray Client, refuse a `storage_path` that this process and the head do not share.
+
+    This process writes the search state (`harmonia_search.json`) and checks `--resume` there, while
+    Tune's driver actor on the head writes the experiment state and the trials their checkpoints. A
+    URI (`s3://`, `gs://`, ...) names the same store for both; a plain folder is checked: a marker
+    written here must be read back by a task on the head. Nothing to do without the Ray Client.
+    """
+    if not is_client():
+        return
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", storage_path) and not storage_path.startswith("file://"):
+        return
+    import ray
+
+    folder = Path(storage_path.removeprefix("file://"))
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    marker = folder / f".harmonia-client-check-{token}"
+    marker.write_text(token)
+    try:
+        read = ray.remote(num_cpus=0)(_read_marker).options(scheduling_strategy=_client_server_node())
+        seen = ray.get(read.remote(str(marker)), timeout=timeout)
+    finally:
+        marker.unlink(missing_ok=True)
+    if seen != token:
+        raise ClusterError(
+            f"search.storage_path {storage_path}: the Ray cluster's head does not see the folder this driver "
+            f"writes (a marker written here at {marker} was {'missing' if seen is None else 'different'} "
+            "there). Through ray:// Tune's driver runs on the head: use a store both reach (s3://BUCKET/PATH) "
+            "or a folder mounted at the same path on every node and here")
+
+
+def array_bytes(obj) -> int:
+    """Bytes of the numpy arrays in `obj` (dataclasses, dicts, lists): what a `ray.put` of it uploads."""
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(array_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if isinstance(obj, dict):
+        return sum(array_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)) and obj and not isinstance(obj[0], str):
+        return sum(array_bytes(v) for v in obj)
+    return 0
+
+
+def prepare_client(storage_path: str, data) -> None:
+    """Checks and a note for a search driven through the Ray Client; nothing without it."""
+    if not is_client():
+        return
+    check_client_storage(storage_path)
+    from harmonia.progress import console
+
+    mb = array_bytes(data) / 2**20
+    console.print(f"Ray Client: Tune's driver loop runs on the cluster's head; the features ({mb:.0f} MB) "
+                  "go up through the client once" + (" (slow over a WAN link: run the driver on the head "
+                                                      "with --address auto instead)" if mb > 512 else ""))
+
+
+class RemoteAdvance:
+    """A picklable `advance(n=1)` for callbacks that run on the cluster: it bumps the named counter
+    actor that `relay_progress` polls. Display only: a counter that is gone (a restored search) is
+    ignored, never an error."""
+
+    def __init__(self, name: str, namespace: str):
+        self.name, self.namespace = name, namespace
+        self._handle = None
+
+    def __getstate__(self):
+        return {"name": self.name, "namespace": self.namespace, "_handle": None}
+
+    def __call__(self, n: int = 1) -> None:
+        import ray
+
+        try:
+            if self._handle is None:
+                self._handle = ray.get_actor(self.name, namespace=self.namespace)
+            self._handle.add.remote(n)
+        except Exception:  # noqa: BLE001 - a progress display never fails a search
+            self._handle = None
+
+
+class _Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, n: int = 1) -> None:
+        self.n += n
+
+    def count(self) -> int:
+        return self.n
+
+
+@contextmanager
+def relay_progress(advance: Callable[[int], None], poll: float = 1.0) -> Iterator[Callable[[int], None]]:
+    """`advance` itself, or under the Ray Client a `RemoteAdvance` for Tune's callbacks (they run in
+    Tune's driver actor on the cluster) with a thread here that moves the local bar as the counter on
+    the cluster grows."""
+    if not is_client():
+        yield advance
+        return
+    import ray
+
+    name = f"harmonia-progress-{uuid.uuid4().hex}"
+    namespace = ray.get_runtime_context().namespace
+    counter = ray.remote(num_cpus=0)(_Counter).options(
+        name=name, namespace=namespace, scheduling_strategy=_client_server_node()).remote()
+    shown = 0
+    stop = threading.Event()
+
+    def pump() -> None:
+        nonlocal shown
+        while True:
+            last = stop.wait(poll)
+            try:
+                n = ray.get(counter.count.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - display only
+                n = shown
+            if n > shown:
+                advance(n - shown)
+                shown = n
+            if last:
+                return
+
+    thread = threading.Thread(target=pump, name="harmonia-progress", daemon=True)
+    thread.start()
+    try:
+        yield RemoteAdvance(name, namespace)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        try:
+            ray.kill(counter)
+        except Exception:  # noqa: BLE001 - the connection may be gone already
+            pass

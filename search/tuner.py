@@ -14,7 +14,7 @@ from harmonia.featureset import FeatureSet, prepare
 from harmonia.metrics import get_metric
 from harmonia.progress import console, progress_bar
 from harmonia.search.callbacks import MlflowRunCloser, ProgressCallback
-from harmonia.search.cluster import connect
+from harmonia.search.cluster import connect, prepare_client, relay_progress
 from harmonia.spaces import define_by_run, validate_overrides
 from harmonia.trainables.trial import TrialContext, harmonia_trial, scheduler_milestones
 
@@ -111,6 +111,7 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
     tracking.check_reachable(cfg.tracking.uri)
     ds, fs = prepare(cfg, progress=progress)
     connect(cfg.search.address)
+    prepare_client(cfg.search.storage_path, fs)  # ray:// only: storage_path shared with the head
     exp_id = tracking.ensure_experiment(cfg.tracking.uri, cfg.name, cfg.tracking.artifacts)
     path = Path(cfg.search.storage_path) / cfg.name
     search_run_id = _search_run(cfg, exp_id, fs, ds.events if ds.has_strong else None, path / SEARCH_STATE, resume)
@@ -121,7 +122,7 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
     c = tracking.client(cfg.tracking.uri)
     status = "FAILED"
     try:
-        with progress_bar(f"search {cfg.name}", s.num_samples, enabled=progress) as advance:
+        with progress_bar(f"search {cfg.name}", s.num_samples, enabled=progress) as bar, relay_progress(bar) as advance:
             callbacks = [MlflowRunCloser(cfg.tracking.uri, exp_id), ProgressCallback(s.num_samples, s.metric, advance)]
             tuner = build_tuner(cfg, fs, ctx, callbacks, resume)
             results = tuner.fit()
