@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harmonia import tracking
+from harmonia.config import TASK_METRICS
 from tests.conftest import tiny_config
 
 
@@ -19,6 +20,8 @@ def test_every_architecture_and_augmentation_trains_in_a_search(ray_local, tmp_p
     augs = {f"aug.{a}": True for a in AUGMENTATION_SPACES}
     for arch in sorted(ARCHITECTURES):
         cfg = tiny_config(tmp_path, name="zoo", num_samples=1, max_concurrent=1, max_epochs=1)
+        task = ARCHITECTURES[arch].tasks[0]  # crnn_ctc: sequence; the others: tagging
+        cfg.task, cfg.search.metric = task, TASK_METRICS[task][0]
         cfg.space = {"arch": arch, "batch_size": [16], **augs}
         run_search(cfg, progress=False)
     c = tracking.client(cfg.tracking.uri)
