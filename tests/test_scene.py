@@ -316,3 +316,13 @@ def test_scene_search_end_to_end(ray_local, tmp_path):
             np.testing.assert_allclose(df[ds.classes].to_numpy().sum(1), 1.0, atol=1e-5)
     report = build_ensemble(cfg.tracking.uri, "scene", size=3, metric="accuracy", progress=False)
     assert report.members and 0.0 <= report.comparison.loc["ensemble", "test"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["sequence", "scene"])
+def test_example_configs_of_the_new_tasks_validate(name):
+    from harmonia.config import load_config
+    from harmonia.spaces import validate_overrides
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert cfg.task == name and cfg.search.metric == {"sequence": "seq_acc", "scene": "accuracy"}[name]
+    validate_overrides(cfg.space, cfg.task)
