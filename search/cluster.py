@@ -24,12 +24,6 @@ from typing import Callable, Iterator
 
 ADDRESS_FORMS = "'auto', 'HOST:PORT' or 'ray://HOST:PORT'"
 RAY_CLIENT_INSTALL = "pip install 'ray[client]==2.60.0'"
-# Every worker Ray starts imports what a trial needs (torch, mlflow and its SQL store: about 5 s) as it
-# starts, in the background while the driver loads features; Tune's trial actors take these warm workers.
-# Without `prestart_worker_first_driver: False`, `ray.init` would wait for those imports.
-PRELOAD_MODULES = ("ray.tune", "harmonia.trainables.trial", "mlflow.store.tracking.sqlalchemy_store")
-PRELOAD_SYSTEM_CONFIG = {"preload_python_modules": list(PRELOAD_MODULES), "enable_worker_prestart": True,
-                         "prestart_worker_first_driver": False}
 
 
 class ClusterError(RuntimeError):
@@ -75,11 +69,9 @@ def connect(address: str | None, num_cpus: int | None = None, timeout: float = 5
         return
     env = {"runtime_env": {"env_vars": {"PYTHONWARNINGS": "ignore"}}}
     if address is None:
-        # No job runtime_env here: workers of a job with one are not the prestarted (preloaded) ones;
-        # the local workers inherit this process's environment instead.
-        os.environ.setdefault("PYTHONWARNINGS", "ignore")
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 configure_logging=False, log_to_driver=False, _system_config=PRELOAD_SYSTEM_CONFIG)
+        from harmonia.search.warm_workers import init_local
+
+        init_local(num_cpus or os.cpu_count())
         return
     ray.init(address=address, configure_logging=False, log_to_driver=False, **env)
 

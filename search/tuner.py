@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from harmonia.metrics import get_metric
 from harmonia.progress import console, progress_bar
 from harmonia.search.callbacks import MlflowRunCloser, ProgressCallback
 from harmonia.search.cluster import connect, prepare_client, relay_progress
+from harmonia.search.warm_workers import trial_actors_on_warm_workers
 from harmonia.spaces import define_by_run, validate_overrides
 from harmonia.trainables.trial import TrialContext, harmonia_trial, scheduler_milestones
 
@@ -71,7 +73,10 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search.optuna import OptunaSearch
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
 
     s = cfg.search
     trainable = tune.with_resources(tune.with_parameters(harmonia_trial, data=fs, ctx=ctx),
@@ -96,7 +101,9 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
                                     reuse_actors=s.address is None,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=cfg.name, storage_path=s.storage_path, verbose=0,
-                                  callbacks=callbacks,
+                                  # MLflow is the dashboard: of Tune's per-result loggers keep only
+                                  # result.json (its ResultGrid reads it), not CSV and TensorBoard files.
+                                  callbacks=[*callbacks, JsonLoggerCallback()],
                                   failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                   # num_to_keep=1 makes Tune save its resume state after every checkpoint,
                                   # so a killed driver resumes every trial it had started.
@@ -125,7 +132,8 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
         with progress_bar(f"search {cfg.name}", s.num_samples, enabled=progress) as bar, relay_progress(bar) as advance:
             callbacks = [MlflowRunCloser(cfg.tracking.uri, exp_id), ProgressCallback(s.num_samples, s.metric, advance)]
             tuner = build_tuner(cfg, fs, ctx, callbacks, resume)
-            results = tuner.fit()
+            with trial_actors_on_warm_workers(local=s.address is None):
+                results = tuner.fit()
         status = "FINISHED"
         close_orphans(c, exp_id, search_run_id)
     finally:

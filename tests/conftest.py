@@ -15,8 +15,9 @@ def ray_local():
     """A local Ray instance (about 5 s to start), shared by every test that runs trials."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from harmonia.search.cluster import connect
+
+    connect(None, num_cpus=2)  # as `harmonia search` starts it: workers preload the trial's imports
     yield ray
     ray.shutdown()
 
