@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from harmonia.data_check import (CheckReport, ClipRecord, Scan, Summary, _check_audio, _Collector, _read_lines,
-                                 _read_tsv, _rel, _safe_filename)
+                                 _read_tsv, _safe_filename)
 
 META_FILE = "meta.csv"
 SETUP_DIR = "evaluation_setup"

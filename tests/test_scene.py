@@ -218,7 +218,7 @@ def test_scene_outputs_are_a_softmax_over_classes(arch):
     tagging.load_state_dict(scene.state_dict())  # same weights: only the outputs differ
     x = torch.randn(3, 64, 32)
     with torch.no_grad():
-        (c, f), (tc, tf) = scene(x), tagging(x)
+        (c, f), (tc, _) = scene(x), tagging(x)
     torch.testing.assert_close(c.sum(1), torch.ones(3))
     torch.testing.assert_close(f.sum(2), torch.ones(f.shape[:2]))
     torch.testing.assert_close(c, torch.softmax(torch.logit(tc, eps=1e-7), 1))
