@@ -166,8 +166,14 @@ def _add_train_copies(fs: FeatureSet, ds: Dataset, cache: FeatureCache, copies: 
 
 
 def prepare(cfg, progress: bool = True) -> tuple[Dataset, FeatureSet]:
+    """Dataset (see `load_data`) and its FeatureSet."""
+    ds = load_data(cfg, progress)
+    return ds, build_feature_set(ds, cfg.features, progress=progress)
+
+
+def load_data(cfg, progress: bool = True) -> Dataset:
     """Dataset (synthesized on the spot when absent and the config allows: task-4 events, or DCASE 2018
-    task 1 scenes for task scene) and its FeatureSet; a dataset without the task's labels is refused."""
+    task 1 scenes for task scene), validated; a dataset without the task's labels is refused."""
     from pathlib import Path
 
     from harmonia.datasets import check_task_data, load_dataset
@@ -188,4 +194,4 @@ def prepare(cfg, progress: bool = True) -> tuple[Dataset, FeatureSet]:
             synthesize(root, clips=s.clips, seconds=s.seconds, seed=s.seed, sample_rate=s.sample_rate, progress=progress)
     ds = load_dataset(root)
     check_task_data(ds, task)
-    return ds, build_feature_set(ds, cfg.features, progress=progress)
+    return ds

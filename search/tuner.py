@@ -11,7 +11,7 @@ import pandas as pd
 
 from harmonia import tracking
 from harmonia.config import HarmoniaConfig
-from harmonia.featureset import FeatureSet, prepare
+from harmonia.featureset import FeatureSet, build_feature_set, load_data
 from harmonia.metrics import get_metric
 from harmonia.progress import console, progress_bar
 from harmonia.search.callbacks import MlflowRunCloser, ProgressCallback
@@ -113,11 +113,14 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
 
 def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = True) -> SearchResult:
     """The whole search stage; `cfg` must be resolved (absolute paths)."""
-    # Every input is checked before Ray or any trial starts: space, tracking server, dataset, features.
+    # Every input is checked before any trial starts: space, tracking server and dataset before Ray, then
+    # the features (a corrupt audio file found while computing them stops here, the cache intact).
     validate_overrides(cfg.space, cfg.task)
     tracking.check_reachable(cfg.tracking.uri)
-    ds, fs = prepare(cfg, progress=progress)
+    ds = load_data(cfg, progress=progress)
+    # Ray starts before the features load: its prestarted workers import torch and mlflow meanwhile.
     connect(cfg.search.address)
+    fs = build_feature_set(ds, cfg.features, progress=progress)
     prepare_client(cfg.search.storage_path, fs)  # ray:// only: storage_path shared with the head
     exp_id = tracking.ensure_experiment(cfg.tracking.uri, cfg.name, cfg.tracking.artifacts)
     path = Path(cfg.search.storage_path) / cfg.name
