@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harmonia import __version__, tracking
-from harmonia.ensembles.library import download
+from harmonia.ensembles.library import download, member_source
 
 BUNDLE_FORMAT = "harmonia.bundle/1"
 MEMBER_FILES = ("model.safetensors", "config.json")
@@ -74,10 +74,11 @@ def export_bundle(uri: str, ensemble_run_id: str, out: str | Path, name: str | N
     (out / "members").mkdir(parents=True)
     members, feature = [], None
     for m in spec["members"]:
-        rid = m["run_id"]
+        rid = m["run_id"]  # a member key: a run id, or RUN_ID@EPOCH for an epoch snapshot
         dst = out / "members" / rid
         with tempfile.TemporaryDirectory() as tmp:
-            src = download(uri, rid, "model", tmp)
+            run_id, prefix = member_source(rid)
+            src = download(uri, run_id, f"{prefix}model", tmp)
             dst.mkdir(parents=True)
             for f in MEMBER_FILES:
                 shutil.copy2(src / f, dst / f)

@@ -12,10 +12,22 @@ import pandas as pd
 
 from harmonia import tracking
 from harmonia.progress import console, progress_bar
+from harmonia.trainables.snapshots import INDEX_FILE, snapshot_prefix
 
 
 class LibraryError(RuntimeError):
     """No usable runs, or the runs do not agree with the labels; says which experiment and why."""
+
+
+def member_key(run_id: str, epoch: int | None = None) -> str:
+    """A library member: a trial run's best model (`RUN_ID`) or one of its epoch snapshots (`RUN_ID@EPOCH`)."""
+    return run_id if epoch is None else f"{run_id}@{epoch}"
+
+
+def member_source(key: str) -> tuple[str, str]:
+    """(run id, artifact prefix of the member's `model/` and `predictions/` folders)."""
+    run_id, _, epoch = key.partition("@")
+    return run_id, (snapshot_prefix(int(epoch)) if epoch else "")
 
 
 @dataclass
@@ -23,7 +35,7 @@ class Library:
     """M models' predictions aligned on the same clips and classes."""
 
     classes: list[str]
-    run_ids: list[str]
+    run_ids: list[str]  # member keys (see `member_key`): a run id, or RUN_ID@EPOCH for an epoch snapshot
     run_names: list[str]
     valid_ids: list[str]
     test_ids: list[str]
@@ -37,11 +49,12 @@ class Library:
     frames: dict[str, np.ndarray] | None = None  # split -> [M, N, T, C] at hop_seconds
 
 
-def _read_frames(uri: str, run_id: str, split: str, ids: list[str], base_hop: float, n_frames: int) -> np.ndarray:
+def _read_frames(uri: str, key: str, split: str, ids: list[str], base_hop: float, n_frames: int) -> np.ndarray:
     from harmonia.ensembles.sed import to_base_rate
 
+    run_id, prefix = member_source(key)
     with tempfile.TemporaryDirectory() as tmp:
-        z = np.load(download(uri, run_id, f"predictions/{split}_frames.npz", tmp), allow_pickle=False)
+        z = np.load(download(uri, run_id, f"{prefix}predictions/{split}_frames.npz", tmp), allow_pickle=False)
         order = {c: i for i, c in enumerate(z["clip_id"].tolist())}
         probs = z["probs"][[order[c] for c in ids]]
         return to_base_rate(probs, float(z["hop_seconds"]), base_hop, n_frames)
@@ -57,8 +70,9 @@ def load_sed(lib: "Library", uri: str, search_run_id: str, durations: float | No
         events = {s: _read_table(uri, search_run_id, f"labels/{s}_events.parquet") for s in ("valid", "test")}
     except Exception:  # noqa: BLE001 - a weak-label dataset has no events: not a SED library
         return lib
+    run_id, prefix = member_source(lib.run_ids[0])
     with tempfile.TemporaryDirectory() as tmp:
-        z = np.load(download(uri, lib.run_ids[0], "predictions/valid_frames.npz", tmp), allow_pickle=False)
+        z = np.load(download(uri, run_id, f"{prefix}predictions/valid_frames.npz", tmp), allow_pickle=False)
         n_frames = int(round(z["probs"].shape[1] * float(z["hop_seconds"]) / hop))
     frames = {}
     for split, ids in (("valid", lib.valid_ids), ("test", lib.test_ids)):
@@ -108,8 +122,21 @@ def finished_trials(uri: str, experiment_id: str):
                                                 order_by=["attributes.start_time ASC"]))
 
 
-def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True) -> Library:
-    """Every FINISHED trial of `experiment` whose predictions match the latest search's labels."""
+def snapshot_epochs(uri: str, run_id: str) -> list[int]:
+    """The epochs a trial kept as snapshots besides its best one (none when it stored no snapshots)."""
+    import json
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            index = json.loads(download(uri, run_id, INDEX_FILE, tmp).read_text())
+    except Exception:  # noqa: BLE001 - a trial run with train.snapshots = 0 has no index
+        return []
+    return sorted(int(e) for e in index["epochs"] if int(e) != int(index["best_epoch"]))
+
+
+def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True, snapshots: bool = True) -> Library:
+    """Every FINISHED trial of `experiment` whose predictions match the latest search's labels, and with
+    `snapshots` the epoch snapshots the trials kept (`train.snapshots`), each as a member."""
     c = tracking.client(uri)
     exp = tracking.retry(lambda: c.get_experiment_by_name(experiment))
     if exp is None:
@@ -126,39 +153,46 @@ def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True) 
     runs = finished_trials(uri, exp.experiment_id)
     skipped: dict[str, str] = {}
 
-    def load(run):
-        rid = run.info.run_id
+    def load(member):
+        key, _ = member
+        rid, prefix = member_source(key)
         try:
-            v = _align(_read_table(uri, rid, "predictions/valid.parquet"), valid_ids, classes, f"run {rid} valid")
-            t = _align(_read_table(uri, rid, "predictions/test.parquet"), test_ids, classes, f"run {rid} test") if yt is not None else None
+            v = _align(_read_table(uri, rid, f"{prefix}predictions/valid.parquet"), valid_ids, classes, f"member {key} valid")
+            t = (_align(_read_table(uri, rid, f"{prefix}predictions/test.parquet"), test_ids, classes, f"member {key} test")
+                 if yt is not None else None)
         except Exception as err:  # noqa: BLE001 - one bad run must not sink the ensemble
-            return rid, None, None, f"{type(err).__name__}: {err}"
+            return key, None, None, f"{type(err).__name__}: {err}"
         if not np.isfinite(v).all() or (t is not None and not np.isfinite(t).all()):
-            return rid, None, None, "non-finite predictions"
-        return rid, v, t, None
+            return key, None, None, "non-finite predictions"
+        return key, v, t, None
 
     loaded = []
-    with progress_bar(f"collect {len(runs)} runs", len(runs), enabled=progress) as advance, \
-            ThreadPoolExecutor(max_workers=8) as pool:
-        for run, (rid, v, t, why) in zip(runs, pool.map(load, runs)):
-            advance()
-            if why:
-                skipped[rid] = why
-            else:
-                loaded.append((run, v, t))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        members = [(r.info.run_id, r.info.run_name or r.info.run_id[:8]) for r in runs]
+        if snapshots:
+            for run, epochs in zip(runs, pool.map(lambda r: snapshot_epochs(uri, r.info.run_id), runs)):
+                name = run.info.run_name or run.info.run_id[:8]
+                members += [(member_key(run.info.run_id, e), f"{name}@e{e}") for e in epochs]
+        with progress_bar(f"collect {len(members)} members", len(members), enabled=progress) as advance:
+            for (key, name), (_, v, t, why) in zip(members, pool.map(load, members)):
+                advance()
+                if why:
+                    skipped[key] = why
+                else:
+                    loaded.append((key, name, v, t))
     if skipped and progress:
         console.print(f"[yellow]skipped {len(skipped)} runs:[/] " + "; ".join(f"{k[:8]}: {v}" for k, v in skipped.items()))
     if not loaded:
         raise LibraryError(f"experiment {experiment!r}: no finished trial run with usable predictions")
     lib = Library(
         classes=classes,
-        run_ids=[r.info.run_id for r, _, _ in loaded],
-        run_names=[r.info.run_name or r.info.run_id[:8] for r, _, _ in loaded],
+        run_ids=[k for k, _, _, _ in loaded],
+        run_names=[n for _, n, _, _ in loaded],
         valid_ids=valid_ids, test_ids=test_ids,
         y_valid=yv[classes].to_numpy(np.float32),
         y_test=None if yt is None else yt[classes].to_numpy(np.float32),
-        valid=np.stack([v for _, v, _ in loaded]),
-        test=None if yt is None else np.stack([t for _, _, t in loaded]),
+        valid=np.stack([v for _, _, v, _ in loaded]),
+        test=None if yt is None else np.stack([t for _, _, _, t in loaded]),
         skipped=skipped,
     )
     return load_sed(lib, uri, search.info.run_id) if sed else lib

@@ -190,16 +190,18 @@ def fit_sed(lib: Library, weights: np.ndarray) -> dict:
 
 
 def build_ensemble(uri: str, experiment: str, *, method: str = "selection", size: int = 20,
-                   metric: str = "mAP", top_k: int = 5, progress: bool = True, **method_kwargs) -> EnsembleReport:
+                   metric: str = "mAP", top_k: int = 5, progress: bool = True, snapshots: bool = True,
+                   **method_kwargs) -> EnsembleReport:
     """Collect the experiment's trials and fit one method; test is scored and reported, never used for a choice."""
-    lib = collect(uri, experiment, progress=progress)
+    lib = collect(uri, experiment, progress=progress, snapshots=snapshots)
     return fit_and_log(lib, uri, experiment, method=method, size=size, metric=metric, top_k=top_k, **method_kwargs)
 
 
 def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int = 20, metric: str = "mAP",
-                    top_k: int = 5, progress: bool = True) -> tuple[list[EnsembleReport], pd.DataFrame]:
+                    top_k: int = 5, progress: bool = True,
+                    snapshots: bool = True) -> tuple[list[EnsembleReport], pd.DataFrame]:
     """Every method on the same library, one run each, and a table: method, valid, test, members, run."""
-    lib = collect(uri, experiment, progress=progress)
+    lib = collect(uri, experiment, progress=progress, snapshots=snapshots)
     reports = [fit_and_log(lib, uri, experiment, method=m, size=size, metric=metric, top_k=top_k) for m in methods]
     rows = [{"method": r.method, "valid": r.comparison.loc["ensemble", "valid"],
              "test": r.comparison.loc["ensemble", "test"], "members": int(r.comparison.loc["ensemble", "members"]),

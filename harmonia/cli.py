@@ -145,6 +145,7 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
              metric: str = "mAP",
              method: str = typer.Option("all", help="a method, a comma-separated list, or 'all' to compare them"),
              top_k: int = typer.Option(5, min=1),
+             snapshots: bool = typer.Option(True, help="also use the epoch snapshots trials kept (train.snapshots)"),
              config: Optional[Path] = typer.Option(None, help="take the tracking URI from this config"),
              tracking_uri: Optional[str] = UriOption):
     """Ensembles fitted on valid from the finished trials of EXPERIMENT; one MLflow run per method."""
@@ -161,7 +162,7 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
     if metric not in clip_metrics:
         fail(f"--metric: unknown {metric!r} for ensembles of clip scores; valid: {', '.join(clip_metrics)}")
     reports, table = _guard(lambda: build_ensembles(uri, experiment, methods=methods, size=size, metric=metric,
-                                                    top_k=top_k))
+                                                    top_k=top_k, snapshots=snapshots))
     if len(reports) == 1:
         print_comparison(reports[0])
         return

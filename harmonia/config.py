@@ -91,6 +91,9 @@ FEATURE_KIND_FIELDS: dict[str, tuple[str, ...]] = {"logmel": (), "mfcc": ("n_mfc
 FEATURE_WIDTH_FIELD: dict[str, str] = {"logmel": "n_mels", "mfcc": "n_mfcc", "nnf_logmel": "n_mels"}
 """The field that gives each kind's number of features per frame (the models' input width)."""
 
+FEATURE_KIND_PARAM = "features.kind"
+"""The trial param (and `space:` key) naming the feature kind a trial trains on (spaces/features.py)."""
+
 
 class FeatureConfig(_Strict):
     """Front end (log-mel, MFCC or nearest-neighbour-filtered log-mel); its hash keys the feature cache.
@@ -164,6 +167,8 @@ class TrainConfig(_Strict):
     patience: int = Field(4, gt=0)
     seed: int = 0
     num_threads: int = Field(1, gt=0)
+    # Keep the predictions (and weights) of each trial's k best epochs as extra ensemble members.
+    snapshots: int = Field(0, ge=0)
 
 
 class EnsembleConfig(_Strict):

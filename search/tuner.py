@@ -11,13 +11,14 @@ import pandas as pd
 
 from harmonia import tracking
 from harmonia.config import HarmoniaConfig
-from harmonia.featureset import FeatureSet, build_feature_set, load_data
+from harmonia.featureset import FeatureSet, build_feature_sets, load_data
 from harmonia.metrics import get_metric
 from harmonia.progress import console, progress_bar
 from harmonia.search.callbacks import MlflowRunCloser, ProgressCallback
 from harmonia.search.cluster import connect, prepare_client, relay_progress
 from harmonia.search.warm_workers import trial_actors_on_warm_workers
 from harmonia.spaces import define_by_run, validate_overrides
+from harmonia.spaces.features import feature_kinds
 from harmonia.trainables.trial import TrialContext, harmonia_trial, scheduler_milestones
 
 SEARCH_STATE = "harmonia_search.json"
@@ -68,8 +69,12 @@ def trial_dirname(trial) -> str:
     return f"{trial.trial_id}"
 
 
-def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callbacks: list, resume: bool):
-    """A new Tuner, or the one restored from `storage_path/name` when resuming."""
+def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet | dict[str, FeatureSet], ctx: TrialContext, callbacks: list,
+                resume: bool):
+    """A new Tuner, or the one restored from `storage_path/name` when resuming.
+
+    `fs`: the FeatureSet of every kind the space can sample (kind → FeatureSet, see `search_kinds`), put
+    in the object store once by `tune.with_parameters`; each trial picks its sampled kind's."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -87,7 +92,7 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet, ctx: TrialContext, callback
             raise FileNotFoundError(f"{path}: no search to resume here")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     metric, mode = f"valid_{s.metric}", ("max" if get_metric(s.metric).greater_is_better else "min")
-    searcher = OptunaSearch(space=define_by_run(cfg.space, cfg.task), metric=metric, mode=mode,
+    searcher = OptunaSearch(space=define_by_run(cfg.space, cfg.task, cfg.features), metric=metric, mode=mode,
                             sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=max(2, s.num_samples // 3)))
     scheduler = ASHAScheduler(metric=metric, mode=mode, time_attr="training_iteration", max_t=s.max_epochs,
                               grace_period=min(s.grace_period, s.max_epochs), reduction_factor=s.reduction_factor)
@@ -115,26 +120,28 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
     """The whole search stage; `cfg` must be resolved (absolute paths)."""
     # Every input is checked before any trial starts: space, tracking server and dataset before Ray, then
     # the features (a corrupt audio file found while computing them stops here, the cache intact).
-    validate_overrides(cfg.space, cfg.task)
+    validate_overrides(cfg.space, cfg.task, cfg.features)
     tracking.check_reachable(cfg.tracking.uri)
     ds = load_data(cfg, progress=progress)
     # Ray starts before the features load: its prestarted workers import torch and mlflow meanwhile.
     connect(cfg.search.address)
-    fs = build_feature_set(ds, cfg.features, progress=progress)
-    prepare_client(cfg.search.storage_path, fs)  # ray:// only: storage_path shared with the head
+    feature_sets = build_feature_sets(ds, cfg.features, search_kinds(cfg), progress=progress)
+    fs = next(iter(feature_sets.values()))  # clip ids and targets are the same in every kind's
+    prepare_client(cfg.search.storage_path, feature_sets)  # ray:// only: storage_path shared with the head
     exp_id = tracking.ensure_experiment(cfg.tracking.uri, cfg.name, cfg.tracking.artifacts)
     path = Path(cfg.search.storage_path) / cfg.name
     search_run_id = _search_run(cfg, exp_id, fs, ds.events if ds.has_strong else None, path / SEARCH_STATE, resume)
     s = cfg.search
     ctx = TrialContext(cfg.tracking.uri, exp_id, search_run_id, s.max_epochs, cfg.train.patience,
                        s.metric, cfg.train.seed, max(1, int(s.resources.cpu)), cfg.task,
-                       scheduler_milestones(min(s.grace_period, s.max_epochs), s.reduction_factor, s.max_epochs))
+                       scheduler_milestones(min(s.grace_period, s.max_epochs), s.reduction_factor, s.max_epochs),
+                       cfg.train.snapshots)
     c = tracking.client(cfg.tracking.uri)
     status = "FAILED"
     try:
         with progress_bar(f"search {cfg.name}", s.num_samples, enabled=progress) as bar, relay_progress(bar) as advance:
             callbacks = [MlflowRunCloser(cfg.tracking.uri, exp_id), ProgressCallback(s.num_samples, s.metric, advance)]
-            tuner = build_tuner(cfg, fs, ctx, callbacks, resume)
+            tuner = build_tuner(cfg, feature_sets, ctx, callbacks, resume)
             with trial_actors_on_warm_workers(local=s.address is None):
                 results = tuner.fit()
         status = "FINISHED"
@@ -146,6 +153,13 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
         best = table.iloc[0]
         tracking.log_metrics(c, search_run_id, {f"best_valid_{s.metric}": float(best["score"])}, step=0)
     return SearchResult(cfg.name, exp_id, search_run_id, str(path), table)
+
+
+def search_kinds(cfg: HarmoniaConfig) -> list[str]:
+    """The feature kinds the space can sample (`space.features.kind`, or the config's `features.kind`),
+    the config's first when it is one of them (trials resumed from before the kind was a param use it)."""
+    kinds = feature_kinds(cfg.space, cfg.features.kind)
+    return sorted(kinds, key=lambda k: k != cfg.features.kind)
 
 
 def close_orphans(c, exp_id: str, search_run_id: str) -> None:

@@ -152,8 +152,12 @@ class Trainer:
 
     def best_model(self) -> nn.Module:
         """A copy of the model with the weights of the best valid epoch."""
+        return self.model_with(self.best_state)
+
+    def model_with(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A copy of the model with the given weights (the best epoch's, a snapshot's), in eval mode."""
         model = copy.deepcopy(self.model)
-        model.load_state_dict(self.best_state)
+        model.load_state_dict(state)
         return model.eval()
 
     def state_dict(self) -> dict:

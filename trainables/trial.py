@@ -13,10 +13,12 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from harmonia import tracking
-from harmonia.featureset import FeatureSet
+from harmonia.featureset import FeatureSet, pick_feature_set
+from harmonia.trainables.snapshots import INDEX_FILE, SnapshotKeeper, snapshot_prefix
 from harmonia.trainables.training import Trainer
 
 STATE_FILE = "state.pt"
+SNAPSHOTS_FILE = "snapshots.pt"
 META_FILE = "meta.json"
 
 
@@ -34,6 +36,7 @@ class TrialContext:
     num_threads: int
     task: str = "tagging"
     log_epochs: frozenset[int] = frozenset()  # epochs after which the scheduler may stop the trial
+    snapshots: int = 0  # keep the predictions of this many best epochs as extra members
 
 
 def scheduler_milestones(grace_period: int, reduction_factor: int, max_epochs: int) -> frozenset[int]:
@@ -68,26 +71,41 @@ def _frames_npz(ids: list[str], frames: np.ndarray, hop: float) -> bytes:
     return buf.getvalue()
 
 
-def log_best(c, run_id: str, trainer: Trainer) -> None:
-    """Weights, config and valid/test predictions of the best epoch so far, as run artifacts."""
+def member_files(trainer: Trainer, state: dict, epoch: int, valid: tuple[np.ndarray, np.ndarray] | None,
+                 prefix: str = "") -> dict:
+    """`{prefix}model/` (weights, config) and `{prefix}predictions/` (valid and test, clip and frame level)
+    of the model with weights `state`; valid outputs are recomputed when not given (after a restore)."""
     data = trainer.data
-    best = trainer.best_model()
-    test_probs, test_frames = trainer.predict("test", model=best) if "test" in data.splits else (None, None)
-    # After a restore the best epoch's valid outputs are not in memory: recompute them from its weights.
-    valid_probs, valid_frames = trainer.best_valid or trainer.predict("valid", model=best)
+    model = trainer.model_with(state)
+    test_probs, test_frames = trainer.predict("test", model=model) if "test" in data.splits else (None, None)
+    valid_probs, valid_frames = valid or trainer.predict("valid", model=model)
     hop = data.hop_seconds * getattr(trainer.model, "time_pool", 1)
     files = {
-        "model/model.safetensors": save_safetensors({k: v.detach().cpu().contiguous() for k, v in trainer.best_state.items()}),
-        "model/config.json": tracking.json_bytes(member_config(trainer.params, data, trainer.best_epoch)),
-        "predictions/valid.parquet": _write_parquet(
+        f"{prefix}model/model.safetensors": save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()}),
+        f"{prefix}model/config.json": tracking.json_bytes(member_config(trainer.params, data, epoch)),
+        f"{prefix}predictions/valid.parquet": _write_parquet(
             tracking.predictions_frame(data.splits["valid"].clip_ids, valid_probs, data.classes)),
-        "predictions/valid_frames.npz": _frames_npz(data.splits["valid"].clip_ids, valid_frames, hop),
+        f"{prefix}predictions/valid_frames.npz": _frames_npz(data.splits["valid"].clip_ids, valid_frames, hop),
     }
     if test_probs is not None:
-        files["predictions/test.parquet"] = _write_parquet(
+        files[f"{prefix}predictions/test.parquet"] = _write_parquet(
             tracking.predictions_frame(data.splits["test"].clip_ids, test_probs, data.classes))
-        files["predictions/test_frames.npz"] = _frames_npz(data.splits["test"].clip_ids, test_frames, hop)
+        files[f"{prefix}predictions/test_frames.npz"] = _frames_npz(data.splits["test"].clip_ids, test_frames, hop)
+    return files
+
+
+def log_best(c, run_id: str, trainer: Trainer, snapshots: SnapshotKeeper | None = None) -> None:
+    """Weights, config and valid/test predictions of the best epoch so far, and of the kept epoch
+    snapshots not logged yet, as run artifacts."""
+    files = member_files(trainer, trainer.best_state, trainer.best_epoch, trainer.best_valid)
+    if snapshots is not None and snapshots.k > 0:
+        for snap in snapshots.pending:
+            files.update(member_files(trainer, snap.state, snap.epoch, snap.valid, snapshot_prefix(snap.epoch)))
+        files[INDEX_FILE] = tracking.json_bytes({"epochs": snapshots.epochs, "best_epoch": trainer.best_epoch,
+                                                 "scores": {str(s.epoch): s.score for s in snapshots.kept}})
     tracking.log_files(c, run_id, files)
+    for snap in (snapshots.pending if snapshots is not None else []):
+        snap.logged = True
 
 
 def start_run(c, ctx: TrialContext, params: dict, run_id: str | None) -> str:
@@ -122,21 +140,26 @@ def start_run(c, ctx: TrialContext, params: dict, run_id: str | None) -> str:
 def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
     """Train one sampled config; report once per epoch with a checkpoint that a restored trial resumes.
 
-    The run's artifacts are logged whenever valid improves and the run is ended before the final
-    report, because code after a report that ASHA stops never runs (STACK.md, MLflow).
+    The run's artifacts (best epoch, kept epoch snapshots) are logged where the trial can end and the
+    run is ended before the final report, because code after a report that ASHA stops never runs
+    (STACK.md, MLflow).
     """
     from ray import tune
 
     torch.set_num_threads(ctx.num_threads)
     c = tracking.client(ctx.tracking_uri)
     params = dict(config)
+    data = pick_feature_set(data, params)  # kind → FeatureSet from the search: the sampled features.kind's
     trainer = Trainer(params, data, max_epochs=ctx.max_epochs, patience=ctx.patience,
                       metric=ctx.metric, seed=ctx.seed + int(params.get("seed", 0)), task=ctx.task)
+    snapshots = SnapshotKeeper(ctx.snapshots, trainer.sign)
     run_id = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.load_state_dict(torch.load(Path(d) / STATE_FILE, weights_only=True))
+            if (Path(d) / SNAPSHOTS_FILE).is_file():
+                snapshots.load_state_dict(torch.load(Path(d) / SNAPSHOTS_FILE, weights_only=True))
             run_id = json.loads((Path(d) / META_FILE).read_text())["run_id"]
     run_id = start_run(c, ctx, params, run_id)
     pending = trainer.epoch > 0  # restored: the best so far may not have been logged before the failure
@@ -144,16 +167,20 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
         while not trainer.done:
             result = trainer.run_epoch()
             tracking.log_metrics(c, run_id, result.metrics, step=result.epoch)
-            pending = pending or result.improved
+            kept = snapshots.offer(result.epoch, result.metrics[f"valid_{ctx.metric}"], trainer.model.state_dict(),
+                                   trainer.last_valid)
+            pending = pending or result.improved or kept
             # Artifacts of the best epoch are logged where the trial can end (a scheduler milestone or
             # its last epoch), not after every improvement: test predictions cost a pass over test.
             if pending and (result.done or result.epoch in ctx.log_epochs or not ctx.log_epochs):
-                log_best(c, run_id, trainer)
+                log_best(c, run_id, trainer, snapshots)
                 pending = False
             if result.done:
                 tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
             with tempfile.TemporaryDirectory() as d:
                 torch.save(trainer.state_dict(), Path(d) / STATE_FILE)
+                if snapshots.k:
+                    torch.save(snapshots.state_dict(), Path(d) / SNAPSHOTS_FILE)
                 (Path(d) / META_FILE).write_text(json.dumps({"run_id": run_id, "epoch": result.epoch}))
                 tune.report({**result.metrics, "epoch": result.epoch, "mlflow_run_id": run_id},
                             checkpoint=tune.Checkpoint.from_directory(d))
