@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harmonia import __version__, tracking
+from harmonia.config import FeatureConfig
 from harmonia.ensembles.library import download, member_source
 
 BUNDLE_FORMAT = "harmonia.bundle/1"
@@ -44,7 +45,7 @@ class Bundle(BaseModel):
     fitted: dict
     thresholds: list[float]
     sed: dict | None = None
-    feature: dict
+    feature: dict  # the first member's; members may use other kinds: each one's own is in its config.json
     scores: dict[str, dict[str, float]]
     ensemble_run_id: str
     versions: dict[str, str]
@@ -83,6 +84,10 @@ def export_bundle(uri: str, ensemble_run_id: str, out: str | Path, name: str | N
             for f in MEMBER_FILES:
                 shutil.copy2(src / f, dst / f)
         cfg = json.loads((dst / "config.json").read_text())
+        try:  # the predictor computes each member's features from its own feature config (kinds may differ)
+            FeatureConfig(**cfg["feature"])
+        except (KeyError, TypeError, ValidationError) as err:
+            raise BundleError(f"member {rid}: config.json has no usable feature config: {err}") from None
         if feature is None:
             feature = cfg["feature"]
         if cfg["classes"] != spec["classes"]:

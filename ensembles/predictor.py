@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from harmonia.audio import load_audio
 from harmonia.config import FeatureConfig
 from harmonia.ensembles.bundle import Bundle, read_bundle
 from harmonia.ensembles.methods import FittedEnsemble
-from harmonia.features import Normalizer, extract
+from harmonia.features import Normalizer, features_of
 from harmonia.trainables.architectures import build_model
+
+Features = Union[np.ndarray, dict[str, np.ndarray]]
+"""One file's features: a mapping feature key (`FeatureConfig.key()`) → [frames, width] array with one
+entry per distinct member feature config (`EnsemblePredictor.features`), or a bare array when every
+member uses the same config."""
 
 
 @dataclass
@@ -25,15 +31,24 @@ class Member:
     weight: float
     model: torch.nn.Module
     normalizer: Normalizer
+    feature_key: str = ""  # key of the member's FeatureConfig in `EnsemblePredictor.feature_configs`
 
 
 class EnsemblePredictor:
-    """Loads a bundle (validated and hash-checked) and scores audio files; nothing is unpickled."""
+    """Loads a bundle (validated and hash-checked) and scores audio files; nothing is unpickled.
 
-    def __init__(self, bundle: Bundle, members: list[Member]):
+    Members may use different feature kinds (a search that samples `features.kind`): each member's
+    features come from its own `config.json` feature config, and each distinct config is computed
+    once per file (`features`), from audio read once per sample rate.
+    """
+
+    def __init__(self, bundle: Bundle, members: list[Member], feature_configs: dict[str, FeatureConfig] | None = None):
         self.bundle, self.members = bundle, members
         self.classes = bundle.classes
-        self.feature = FeatureConfig(**bundle.feature)
+        self.feature = FeatureConfig(**bundle.feature)  # the first member's (what one-kind callers pass)
+        self.feature_configs = feature_configs or {self.feature.key(): self.feature}
+        for m in members:
+            m.feature_key = m.feature_key or self.feature.key()
         self.fitted = FittedEnsemble.from_dict(bundle.fitted)
         self.thresholds = np.asarray(bundle.thresholds, np.float32)
 
@@ -41,31 +56,52 @@ class EnsemblePredictor:
     def load(cls, path: str | Path) -> "EnsemblePredictor":
         path = Path(path)
         bundle = read_bundle(path)
-        members = []
+        members, configs = [], {}
         for m in bundle.members:
             cfg = json.loads((path / m.path / "config.json").read_text())
-            model = build_model(cfg["params"]["arch"], cfg["params"], FeatureConfig(**cfg["feature"]).n_features,
-                                len(cfg["classes"]))
+            feature = FeatureConfig(**cfg["feature"])  # the kind this member was trained on
+            configs.setdefault(feature.key(), feature)
+            model = build_model(cfg["params"]["arch"], cfg["params"], feature.n_features, len(cfg["classes"]))
             model.load_state_dict(load_file(str(path / m.path / "model.safetensors")))
-            members.append(Member(m.index, m.weight, model.eval(), Normalizer.from_dict(cfg["normalization"])))
-        return cls(bundle, members)
+            members.append(Member(m.index, m.weight, model.eval(), Normalizer.from_dict(cfg["normalization"]),
+                                  feature.key()))
+        return cls(bundle, members, configs)
+
+    def features(self, path: str | Path) -> dict[str, np.ndarray]:
+        """Features of one file for every distinct member feature config (each computed once)."""
+        audio: dict[int, np.ndarray] = {}
+        out = {}
+        for key, cfg in self.feature_configs.items():
+            if cfg.sample_rate not in audio:
+                audio[cfg.sample_rate] = load_audio(path, cfg.sample_rate)
+            out[key] = features_of(audio[cfg.sample_rate], cfg)
+        return out
+
+    def _input(self, m: Member, f: Features) -> np.ndarray:
+        """Member `m`'s features from one file's `f`."""
+        if isinstance(f, dict):
+            return f[m.feature_key]
+        if len(self.feature_configs) > 1:
+            raise ValueError("the bundle's members use several feature configs: pass the mapping that "
+                             "`features(path)` returns, not one array")
+        return f
 
     @torch.no_grad()
-    def member_scores(self, features: Sequence[np.ndarray]) -> np.ndarray:
+    def member_scores(self, features: Sequence[Features]) -> np.ndarray:
         """[library_size, N, C] clip scores; library members outside the bundle (weight 0) stay zero."""
         out = np.zeros((self.bundle.library_size, len(features), len(self.classes)), np.float32)
         for m in self.members:
             for j, f in enumerate(features):
-                clip, _ = m.model(torch.from_numpy(m.normalizer(f))[None])
+                clip, _ = m.model(torch.from_numpy(m.normalizer(self._input(m, f)))[None])
                 out[m.index, j] = clip[0].numpy()
         return out
 
-    def predict_features(self, features: Sequence[np.ndarray]) -> np.ndarray:
+    def predict_features(self, features: Sequence[Features]) -> np.ndarray:
         return self.fitted.predict(self.member_scores(features)).astype(np.float32)
 
     def predict_files(self, paths: Sequence[str | Path]) -> pd.DataFrame:
         """`filename`, one score column per class, and `event_labels` (tags above each class threshold)."""
-        feats = [extract(p, self.feature) for p in paths]
+        feats = [self.features(p) for p in paths]
         scores = self.predict_features(feats)
         df = pd.DataFrame(scores, columns=self.classes)
         df.insert(0, "filename", [str(p) for p in paths])
@@ -74,15 +110,16 @@ class EnsemblePredictor:
         return df
 
     @torch.no_grad()
-    def frame_scores(self, features: np.ndarray) -> np.ndarray:
+    def frame_scores(self, features: Features) -> np.ndarray:
         """[T, C] frame probabilities of one file at the SED hop: members weighted as in the ensemble."""
         from harmonia.ensembles.sed import to_base_rate
 
         total, out = 0.0, None
         for m in self.members:
-            _, frames = m.model(torch.from_numpy(m.normalizer(features))[None])
-            hop = self.feature.hop_seconds * max(1, features.shape[0] // max(1, frames.shape[1]))
-            up = to_base_rate(frames.numpy(), hop, self.bundle.sed["hop_seconds"], features.shape[0])[0]
+            x = self._input(m, features)
+            _, frames = m.model(torch.from_numpy(m.normalizer(x))[None])
+            hop = self.feature_configs[m.feature_key].hop_seconds * max(1, x.shape[0] // max(1, frames.shape[1]))
+            up = to_base_rate(frames.numpy(), hop, self.bundle.sed["hop_seconds"], x.shape[0])[0]
             out = up * m.weight if out is None else out + up * m.weight
             total += m.weight
         return out / total
@@ -98,7 +135,7 @@ class EnsemblePredictor:
         d = SedDecisions.from_dict(self.bundle.sed)
         rows = []
         for p in paths:
-            probs = self.frame_scores(extract(p, self.feature))
+            probs = self.frame_scores(self.features(p))
             for on, off, lab in decode_events(probs, d.hop_seconds, self.classes, d.thresholds, d.median_frames):
                 rows.append({"filename": str(p), "onset": round(on, 3), "offset": round(off, 3), "event_label": lab})
         return pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from harmonia.config import FeatureConfig
+from harmonia.config import FEATURE_KIND_PARAM, FeatureConfig
 from harmonia.datasets import Dataset
 from harmonia.features import FeatureCache, Normalizer, WaveCopy, stack_frames, wave_copies
 
@@ -147,6 +147,29 @@ def build_feature_set(ds: Dataset, cfg: FeatureConfig, progress: bool = True,
     if copies:
         _add_train_copies(fs, ds, cache, copies, workers, progress)
     return fs
+
+
+def build_feature_sets(ds: Dataset, cfg: FeatureConfig, kinds: list[str], progress: bool = True,
+                       workers: int | None = None) -> dict[str, FeatureSet]:
+    """One FeatureSet per feature kind (`cfg` with its `kind` replaced; each read from or added to the
+    cache once), in the order of `kinds`: what a search whose space samples `features.kind` trains on."""
+    return {k: build_feature_set(ds, cfg.model_copy(update={"kind": k}), progress=progress, workers=workers)
+            for k in dict.fromkeys(kinds)}
+
+
+def pick_feature_set(data: "FeatureSet | dict[str, FeatureSet]", params: dict) -> FeatureSet:
+    """The FeatureSet of the kind a trial sampled (`params["features.kind"]`) from the search's mapping
+    kind → FeatureSet; a lone FeatureSet is returned as is. A trial without the param (sampled before
+    the kind was searchable, then resumed) takes the first, the config's kind."""
+    if isinstance(data, FeatureSet):
+        return data
+    kind = params.get(FEATURE_KIND_PARAM)
+    if kind is None:
+        return next(iter(data.values()))
+    try:
+        return data[kind]
+    except KeyError:
+        raise ValueError(f"{FEATURE_KIND_PARAM}={kind!r}: the search built features of {', '.join(data)} only") from None
 
 
 def _add_train_copies(fs: FeatureSet, ds: Dataset, cache: FeatureCache, copies: list[WaveCopy],

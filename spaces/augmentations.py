@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harmonia.spaces.core import Space, SpacePart
+from harmonia.spaces.core import Space, SpaceError, SpacePart
 
 AUGMENTATION_SPACES: dict[str, SpacePart] = {}
 
@@ -49,3 +49,33 @@ def specaugment_space(s: Space) -> None:
     s.int("specaugment.time_width", 5, 40)
     s.int("specaugment.freq_masks", 1, 3)
     s.int("specaugment.freq_width", 2, 12)
+
+
+WAVEFORM_COPIES_PARAM = "aug.waveform_copies"
+
+
+def waveform_copies_space(s: Space, n_copies: int) -> None:
+    """`aug.waveform_copies`: train on the precomputed pitch-shift / time-stretch copies
+    (`features.augmented_copies`, dcase2018_workshop_proceedings.txt L4558–4561), each clip drawn per
+    epoch from {original, its copies}; on or off per trial.
+
+    Offered only when the config precomputes copies (`n_copies` > 0). Without copies the parameter is
+    absent (trials train on the originals) and forcing it on is a SpaceError, raised by
+    `check_waveform_copies` before any trial starts.
+    """
+    check_waveform_copies(s.overrides, n_copies)
+    if n_copies:
+        s.bool(WAVEFORM_COPIES_PARAM)
+    else:
+        s.seen.append(WAVEFORM_COPIES_PARAM)
+
+
+def check_waveform_copies(overrides: dict, n_copies: int) -> None:
+    ov = overrides.get(WAVEFORM_COPIES_PARAM)
+    if n_copies or ov is None:
+        return
+    values = ov.get("choices", []) if isinstance(ov, dict) else (ov if isinstance(ov, list) else [ov])
+    if any(bool(v) for v in values):
+        raise SpaceError(f"space.{WAVEFORM_COPIES_PARAM}: {ov!r} asks for the precomputed waveform copies, but "
+                         "features.augmented_copies is empty; list pitch_shift_semitones or time_stretch_rates "
+                         "there (computed once into the feature cache), or leave the parameter out")

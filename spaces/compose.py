@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from harmonia.config import FeatureConfig
 from harmonia.spaces.architectures import ARCHITECTURE_SPACES, ARCHITECTURE_TASKS, architectures_for
-from harmonia.spaces.augmentations import AUGMENTATION_SPACES
+from harmonia.spaces.augmentations import (AUGMENTATION_SPACES, WAVEFORM_COPIES_PARAM, check_waveform_copies,
+                                           waveform_copies_space)
 from harmonia.spaces.core import RecordingTrial, Space, SpaceError
+from harmonia.spaces.features import FEATURE_KIND_PARAM, feature_kinds, features_space
 
 
 def training_space(s: Space) -> None:
@@ -20,47 +23,62 @@ class DefineByRun:
 
     A class rather than a closure so that Tune can pickle the searcher state for resume. `arch` is
     sampled from the architectures of `task` only (CRNN-CTC for "sequence", never for the others).
+    `features.kind` from `feature_kinds(overrides, feature_kind)` (the config's kind unless the space
+    names others); `aug.waveform_copies` only when the config precomputes copies (`n_copies` > 0).
     """
 
-    def __init__(self, overrides: dict[str, Any] | None = None, task: str = "tagging"):
+    def __init__(self, overrides: dict[str, Any] | None = None, task: str = "tagging",
+                 feature_kind: str | None = "logmel", n_copies: int = 0):
         self.overrides = dict(overrides or {})
         self.task = task
+        self.feature_kind, self.n_copies = feature_kind, n_copies
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"task": "tagging", **state})  # searcher state pickled before `task` existed
+        # searcher state pickled before `task` / the feature kind existed: its trials keep the config's kind
+        self.__dict__.update({"task": "tagging", "feature_kind": None, "n_copies": 0, **state})
 
     def __call__(self, trial) -> dict[str, Any]:
         s = Space(trial, self.overrides)
+        if self.feature_kind is not None:
+            features_space(s, self.feature_kind)
         arch = s.categorical("arch", architectures_for(self.task))
         ARCHITECTURE_SPACES[arch](s)
         training_space(s)
         for name in sorted(AUGMENTATION_SPACES):
             if s.bool(f"aug.{name}"):
                 AUGMENTATION_SPACES[name](s)
+        waveform_copies_space(s, self.n_copies)
         return s.constants
 
 
-def define_by_run(overrides: dict[str, Any] | None = None, task: str = "tagging") -> DefineByRun:
-    return DefineByRun(overrides, task)
+def define_by_run(overrides: dict[str, Any] | None = None, task: str = "tagging",
+                  features: FeatureConfig | None = None) -> DefineByRun:
+    """The space of a config: `features` is its `features` section (the default kind and the copies)."""
+    features = features or FeatureConfig()
+    return DefineByRun(overrides, task, features.kind, features.augmented_copies.n_copies)
 
 
 def parameter_names() -> dict[str, list[str]]:
     """Every parameter a space can suggest, grouped by the part that owns it."""
-    parts: dict[str, list[str]] = {"search": ["arch"]}
+    parts: dict[str, list[str]] = {"search": ["arch"], "features": [FEATURE_KIND_PARAM]}
     for group, registry in (("architecture", ARCHITECTURE_SPACES), ("augmentation", AUGMENTATION_SPACES)):
         for name, fn in registry.items():
             s = Space(RecordingTrial())
             fn(s)
             parts[f"{group} {name}"] = (["aug." + name] if group == "augmentation" else []) + s.seen
+    parts["augmentation waveform_copies"] = [WAVEFORM_COPIES_PARAM]
     s = Space(RecordingTrial())
     training_space(s)
     parts["training"] = s.seen
     return parts
 
 
-def validate_overrides(overrides: dict[str, Any], task: str | None = "tagging") -> None:
-    """Unknown names, empty choices, inverted ranges and (with a task) architectures that do not
-    support the task raise SpaceError before any trial starts."""
+def validate_overrides(overrides: dict[str, Any], task: str | None = "tagging",
+                       features: FeatureConfig | None = None) -> None:
+    """Unknown names, empty choices, inverted ranges, unknown feature kinds, waveform copies forced on
+    without precomputed ones (in `features`, the config's section) and (with a task) architectures
+    that do not support the task raise SpaceError before any trial starts."""
+    features = features or FeatureConfig()
     valid = sorted({n for names in parameter_names().values() for n in names})
     for key in overrides:
         if key not in valid:
@@ -85,3 +103,7 @@ def validate_overrides(overrides: dict[str, Any], task: str | None = "tagging") 
     for name, fn in AUGMENTATION_SPACES.items():
         s.bool(f"aug.{name}")
         fn(s)
+    feature_kinds(overrides, features.kind)
+    check_waveform_copies(overrides, features.augmented_copies.n_copies)
+    if WAVEFORM_COPIES_PARAM in overrides:
+        s.bool(WAVEFORM_COPIES_PARAM)
