@@ -86,9 +86,13 @@ def spaces_show(config: Optional[Path] = typer.Argument(None)):
 
     cfg = _config(config)
     try:
-        validate_overrides(cfg.space, cfg.task)
+        validate_overrides(cfg.space, cfg.task, cfg.features)
     except SpaceError as err:
         fail(str(err))
+    # what a parameter is when `space:` leaves it out, where that is not its part's default range
+    unset = {"features.kind": f"{cfg.features.kind} (features.kind)",
+             "aug.waveform_copies": "default" if cfg.features.augmented_copies.n_copies
+             else "off (features.augmented_copies is empty)"}
     t = Table(title="search space")
     for col in ("part", "parameter", "override"):
         t.add_column(col)
@@ -96,7 +100,7 @@ def spaces_show(config: Optional[Path] = typer.Argument(None)):
         for n in names:
             cond = f"if aug.{part.split()[-1]}" if part.startswith("augmentation") and n != f"aug.{part.split()[-1]}" \
                 else (f"if arch={part.split()[-1]}" if part.startswith("architecture") else "")
-            t.add_row(f"{part} {cond}".strip(), n, str(cfg.space.get(n, "default")))
+            t.add_row(f"{part} {cond}".strip(), n, str(cfg.space.get(n, unset.get(n, "default"))))
     console.print(t)
 
 
