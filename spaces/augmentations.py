@@ -15,6 +15,17 @@ def register_augmentation_space(name: str):
     return deco
 
 
+@register_augmentation_space("chunkmix")
+def chunkmix_space(s: Space) -> None:
+    """Chunk mixing (dcase2018_workshop_proceedings.txt L13552–13564, Table 2 L13591–13599): each
+    chunk's chance as the paper varies it (40–80 %), up to its 3 + 2 chunks, and the chunk length as a
+    fraction of the clip (the paper's chunks span the whole example, 4 s ± 0.4 s: max_span up to 1)."""
+    s.float("chunkmix.p", 0.4, 0.8)
+    s.int("chunkmix.chunks", 1, 5)
+    s.float("chunkmix.min_span", 0.1, 0.5)
+    s.float("chunkmix.max_span", 0.5, 1.0)
+
+
 @register_augmentation_space("mixup")
 def mixup_space(s: Space) -> None:
     """α from 0.1 to 2 (sample_mixed_augmentation_crnn.txt §4: best 1.5–2; digest §3: 0.2–1 elsewhere)."""

@@ -153,3 +153,105 @@ def test_balanced_sampling_caps_the_class_ratio():
     idx = torch.multinomial(w, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
     counts = y[idx].sum(0)
     assert 4.5 < float(counts[0] / counts[1]) < 5.5
+
+
+# --- chunk mixing (dcase2018_workshop_proceedings.txt L13552–13564) -----------------------------
+
+def _tag_batch(t=40, f=6, seed=0):
+    """Label rows with repeats (same label sets), no-event clips, and a clip no other clip matches."""
+    rows = [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0], [1, 1, 0], [0, 0, 1]]
+    y = torch.tensor(rows, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(rows), t, f, generator=g)
+    yf = (torch.rand(len(rows), t, 3, generator=g) > 0.5).float() * y[:, None, :]  # events of the clip's tags only
+    return Batch(x, y, yf)
+
+
+def test_chunkmix_adds_a_span_of_a_same_label_or_no_event_clip_and_keeps_the_labels():
+    from harmonia.trainables.augmentations import ChunkMix, ChunkMixConfig
+
+    batch = _tag_batch()
+    aug = ChunkMix(ChunkMixConfig(p=1.0, chunks=1, min_span=0.2, max_span=0.6, max_attenuation=0.5))
+    chunks = aug.plan(batch, torch.Generator().manual_seed(4))
+    out = aug(batch, torch.Generator().manual_seed(4))  # the same draws as plan
+    assert len(chunks) == len(batch.y) and sorted(c.dst for c in chunks) == list(range(len(batch.y)))
+    assert torch.equal(out.y, batch.y)
+    sources = set()
+    for c in chunks:
+        i, j = c.dst, c.src
+        assert j != i and (torch.equal(batch.y[j], batch.y[i]) or not batch.y[j].any())
+        assert 8 <= c.length <= 24 and -0.5 <= c.gain <= 0
+        span = slice(c.start, c.start + c.length)
+        piece = batch.x[j, c.src_start:c.src_start + c.length] + c.gain
+        # only the stated span changed, to the superposition (log-max) of the clip and the chunk
+        outside = torch.ones(batch.x.shape[1], dtype=torch.bool)
+        outside[span] = False
+        assert torch.equal(out.x[i, outside], batch.x[i, outside])
+        assert torch.allclose(out.x[i, span], torch.maximum(batch.x[i, span], piece))
+        assert (out.x[i, span] > batch.x[i, span]).any()
+        # frame targets: the chunk's are OR-ed in at the span it lands on, nowhere else
+        assert torch.equal(out.y_frames[i, outside], batch.y_frames[i, outside])
+        src_frames = batch.y_frames[j, c.src_start:c.src_start + c.length]
+        assert torch.equal(out.y_frames[i, span], torch.maximum(batch.y_frames[i, span], src_frames))
+        # ...which adds no class the clip does not have
+        assert not (out.y_frames[i].amax(0) > batch.y[i]).any()
+        sources.add((i, j))
+    assert any(batch.y[j].any() for _, j in sources) and any(not batch.y[j].any() for _, j in sources)
+
+
+def test_chunkmix_changes_only_stated_spans_with_several_chunks_and_skips_clips_without_a_source():
+    from harmonia.trainables.augmentations import ChunkMix, ChunkMixConfig
+
+    batch = _tag_batch(seed=1)
+    aug = ChunkMix(ChunkMixConfig(p=0.7, chunks=4, min_span=0.1, max_span=0.5))
+    for seed in range(5):
+        chunks = aug.plan(batch, torch.Generator().manual_seed(seed))
+        out = aug.apply(batch, chunks)
+        assert torch.equal(out.y, batch.y)
+        for i in range(len(batch.y)):
+            touched = torch.zeros(batch.x.shape[1], dtype=torch.bool)
+            for c in chunks:
+                if c.dst == i:
+                    touched[c.start:c.start + c.length] = True
+            assert torch.equal(out.x[i, ~touched], batch.x[i, ~touched])
+            assert (out.x[i] >= batch.x[i]).all()  # nothing of the clip itself is lowered
+    # without same-label sources (task sequence) a clip takes chunks of no-event clips only
+    only_none = ChunkMix(ChunkMixConfig(p=1.0, chunks=3, same_label=False))
+    chunks = only_none.plan(batch, torch.Generator().manual_seed(0))
+    assert chunks and all(not batch.y[c.src].any() for c in chunks)
+    # a single clip, or one whose labels no other clip shares in a batch without no-event clips: nothing
+    lone = Batch(batch.x[[0, 2, 8]], batch.y[[0, 2, 8]], batch.y_frames[[0, 2, 8]])
+    assert aug.plan(lone, torch.Generator().manual_seed(0)) == []
+    assert torch.equal(aug(lone, torch.Generator().manual_seed(0)).x, lone.x)
+
+
+def test_chunkmix_on_scenes_takes_chunks_of_the_same_scene():
+    from harmonia.trainables.augmentations import ChunkMix, ChunkMixConfig
+
+    scene = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    batch = Batch(torch.randn(8, 30, 4, generator=torch.Generator().manual_seed(0)),
+                  torch.nn.functional.one_hot(scene, 3).float())
+    aug = ChunkMix(ChunkMixConfig(p=1.0, chunks=2))
+    chunks = aug.plan(batch, torch.Generator().manual_seed(0))
+    assert len(chunks) == 16 and all(scene[c.src] == scene[c.dst] and c.src != c.dst for c in chunks)
+    assert torch.equal(aug.apply(batch, chunks).y, batch.y)
+
+
+def test_chunkmix_is_built_from_flat_params_before_label_mixing_and_checks_its_config():
+    from harmonia.trainables.augmentations import ChunkMix, ChunkMixConfig
+
+    augs = build_augmentations({"aug.mixup": True, "aug.chunkmix": True, "chunkmix.p": 0.5, "chunkmix.chunks": 2,
+                                "chunkmix.min_span": 0.2, "chunkmix.max_span": 0.9})
+    assert isinstance(augs[0], ChunkMix) and isinstance(augs[1], Mixup)  # compares hard labels first
+    assert augs[0].cfg == ChunkMixConfig(p=0.5, chunks=2, min_span=0.2, max_span=0.9)
+    for bad in (dict(p=1.5), dict(chunks=0), dict(min_span=0.6, max_span=0.5), dict(max_span=1.2)):
+        with pytest.raises(ValueError, match="chunkmix"):
+            ChunkMix(ChunkMixConfig(**bad))
+
+
+def test_task_sequence_takes_chunks_of_no_event_clips_only():
+    from harmonia.trainables.tasks import get_strategy
+
+    for task in ("tagging", "sed", "scene", "sequence"):
+        params = {"aug.chunkmix": True, **get_strategy(task).augmentation_params}  # as the Trainer builds them
+        assert build_augmentations(params)[0].cfg.same_label == (task != "sequence")

@@ -60,6 +60,118 @@ def _beta(alpha: float, gen: torch.Generator) -> float:
 
 
 @dataclass(frozen=True)
+class ChunkMixConfig:
+    p: float = 0.6  # chance of each added chunk (the paper's per-chunk chances: 40–80 %)
+    chunks: int = 3  # chances per clip (the paper: up to 3 no-event + 2 same-label chunks)
+    min_span: float = 0.5  # chunk length as a fraction of the clip: drawn from [min_span, max_span]
+    max_span: float = 1.0
+    max_attenuation: float = 1.0  # the chunk is lowered by U(0, this) normalized units (random amplitude)
+    same_label: bool = True  # False: chunks of no-event clips only (task sequence: see ChunkMix)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One added chunk: frames [src_start, src_start + length) of clip `src`, lowered by `-gain`, added
+    onto frames [start, start + length) of clip `dst`."""
+
+    dst: int
+    src: int
+    start: int
+    src_start: int
+    length: int
+    gain: float
+
+
+class ChunkMix:
+    """Chunk mixing: add chunks (time spans) of other clips that have the same labels or no event.
+
+    dcase2018_workshop_proceedings.txt L13552–13564 and Table 2 (L13591–13599): each training chunk
+    gets up to 3 chunks of random files with label 0 (no bird) and 2 of random files with the same
+    label, each with its own chance (40–80 %), amplitudes scaled by a random factor, then summed.
+    Here: per clip, `chunks` chances of `p` each; the source is drawn uniformly from the other clips
+    of the batch whose label row equals the clip's or is all zero (none eligible: nothing added); the
+    chunk is `length` ∈ [min_span, max_span] × T frames taken at a random position of the source and
+    added at a random position of the clip. The paper's chunks span the whole example (4 s ± 0.4 s),
+    max_span = 1; shorter spans are what the search may also try.
+
+    On normalized log-mel features (cheap, on the batch): the sum of two sources' energies is taken
+    as the element-wise max of their log-mel (the log-max approximation, exact up to ~3 dB; per-bin
+    standardization is increasing, so it commutes with the max), the chunk lowered first by a gain
+    drawn from U(0, max_attenuation) (standardized units: the random amplitude factor). On MFCC the
+    max is a perturbation of the same shape, not a superposition. The original frames are never
+    lowered, so nothing of the clip's own events is lost.
+
+    Labels: clip labels are unchanged. The source has the same label set (so the clip's tags stay
+    true) or no event (so it adds none). Scene clips carry one-hot labels, so sources are clips of
+    the same scene (the same-scene rule). SED: frame targets of the added chunk are OR-ed into the
+    clip's at the span it lands on, so frame labels stay true where a same-label source's event
+    lands; ORing (rather than allowing no-event sources only) keeps the paper's same-label chunks and
+    adds only classes the clip already has. Task sequence (CTC on the ordered events) sets
+    `same_label` off: an added same-label event would change the sequence, a no-event chunk does not.
+    """
+
+    def __init__(self, cfg: ChunkMixConfig):
+        if not 0 <= cfg.p <= 1 or cfg.chunks < 1 or not 0 < cfg.min_span <= cfg.max_span <= 1 \
+                or cfg.max_attenuation < 0:
+            raise ValueError(f"chunkmix: need 0 ≤ p ≤ 1, chunks ≥ 1, 0 < min_span ≤ max_span ≤ 1 and "
+                             f"max_attenuation ≥ 0, got {cfg}")
+        self.cfg = cfg
+
+    def sources(self, y: torch.Tensor) -> torch.Tensor:
+        """[B, B] bool: clip j may give clip i a chunk (j ≠ i; same label row, or no event)."""
+        none = (y == 0).all(1)
+        ok = none[None, :].expand(len(y), -1).clone()
+        if self.cfg.same_label:
+            ok |= (y[:, None, :] == y[None, :, :]).all(-1)
+        ok.fill_diagonal_(False)
+        return ok
+
+    def plan(self, batch: Batch, gen: torch.Generator) -> list[Chunk]:
+        """The chunks to add to `batch` (in order), drawn from `gen`."""
+        b, t = batch.x.shape[:2]
+        ok = self.sources(batch.y)
+        lo = max(1, int(round(self.cfg.min_span * t)))
+        hi = max(lo, int(round(self.cfg.max_span * t)))
+        out = []
+        for i in range(b):
+            eligible = torch.nonzero(ok[i]).flatten()
+            for _ in range(self.cfg.chunks):
+                if float(torch.rand(1, generator=gen)) >= self.cfg.p or not len(eligible):
+                    continue
+                j = int(eligible[int(torch.randint(len(eligible), (1,), generator=gen))])
+                length = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+                start = int(torch.randint(0, t - length + 1, (1,), generator=gen))
+                src_start = int(torch.randint(0, t - length + 1, (1,), generator=gen))
+                gain = -float(torch.rand(1, generator=gen)) * self.cfg.max_attenuation
+                out.append(Chunk(i, j, start, src_start, length, gain))
+        return out
+
+    def apply(self, batch: Batch, chunks: list[Chunk]) -> Batch:
+        """`batch` with `chunks` added (sources read from the unmodified batch); labels kept, frame
+        targets OR-ed over each chunk's span."""
+        x, yf = batch.x.clone(), None if batch.y_frames is None else batch.y_frames.clone()
+        t = x.shape[1]
+        for c in chunks:
+            piece = batch.x[c.src, c.src_start:c.src_start + c.length] + c.gain
+            x[c.dst, c.start:c.start + c.length] = torch.maximum(x[c.dst, c.start:c.start + c.length], piece)
+            if yf is not None:
+                a, n = _scale_span(c.start, c.length, t, yf.shape[1])
+                sa, _ = _scale_span(c.src_start, c.length, t, yf.shape[1])
+                n = min(n, yf.shape[1] - a, yf.shape[1] - sa)
+                yf[c.dst, a:a + n] = torch.maximum(yf[c.dst, a:a + n], batch.y_frames[c.src, sa:sa + n])
+        return replace(batch, x=x, y_frames=yf)
+
+    def __call__(self, batch: Batch, gen: torch.Generator) -> Batch:
+        return self.apply(batch, self.plan(batch, gen))
+
+
+@register_augmentation("chunkmix", ChunkMixConfig)
+def build_chunkmix(cfg: ChunkMixConfig) -> Augmentation:
+    """Registered first: it compares hard label rows, before any label-mixing augmentation runs."""
+    return ChunkMix(cfg)
+
+
+@dataclass(frozen=True)
 class MixupConfig:
     alpha: float = 0.4
 

@@ -51,6 +51,7 @@ class TaskStrategy:
 
     name = "tagging"
     frame_targets = False  # train batches carry frame targets (Batch.y_frames)
+    augmentation_params: dict = {}  # fixed over the trial's augmentation params (what keeps labels true)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -98,6 +99,8 @@ class SequenceStrategy(TaskStrategy):
     """
 
     name = "sequence"
+    # an added chunk of a same-label clip would change the ordered sequence: no-event chunks only
+    augmentation_params = {"chunkmix.same_label": False}
 
     def check(self, data: FeatureSet) -> None:
         train = data.splits["train"]

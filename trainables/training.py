@@ -61,7 +61,7 @@ class Trainer:
         self.model = build_model(params["arch"], self.params, data.n_features, len(data.classes)).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(params.get("lr", 1e-3)),
                                           weight_decay=float(params.get("weight_decay", 0.0)))
-        self.augmentations = build_augmentations(params)
+        self.augmentations = build_augmentations({**params, **self.strategy.augmentation_params})
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch = 0
