@@ -88,3 +88,72 @@ def test_bad_overrides_are_rejected_by_name(overrides, match):
 def test_parameter_names_cover_every_part():
     names = {n for ns in parameter_names().values() for n in ns}
     assert {"arch", "crnn.blocks", "lr", "aug.mixup", "mixup.alpha", "aug.tid", "tid.p"} <= names
+
+
+def _sample_with(overrides, features, n=20):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = define_by_run(overrides, features=features)
+    out = []
+    for _ in range(n):
+        t = study.ask()
+        consts = fn(t)
+        out.append({**t.params, **consts})
+        study.tell(t, 0.0)
+    return out
+
+
+def test_feature_kind_is_sampled_from_the_space_or_is_the_configs():
+    from harmonia.config import FeatureConfig
+
+    both = _sample_with({"arch": "crnn", "features.kind": ["logmel", "mfcc"]}, FeatureConfig())
+    assert {s["features.kind"] for s in both} == {"logmel", "mfcc"}
+    # absent from the space: every trial takes the config's kind (and its params name it)
+    assert {s["features.kind"] for s in _sample_with({"arch": "crnn"}, FeatureConfig(kind="mfcc"))} == {"mfcc"}
+    assert {s["features.kind"] for s in _sample_with({"features.kind": "nnf_logmel"}, FeatureConfig())} == {"nnf_logmel"}
+    assert {s["features.kind"] for s in _sample_with({"features.kind": {"choices": ["mfcc"]}}, None)} == {"mfcc"}
+
+
+@pytest.mark.parametrize("kinds", ["cqt", ["logmel", "gammatone"], {"choices": ["mfcc", "cqt"]}])
+def test_unknown_feature_kind_in_the_space_names_it_and_the_valid_ones(kinds):
+    bad = next(k for k in ([kinds] if isinstance(kinds, str) else kinds if isinstance(kinds, list)
+                           else kinds["choices"]) if k not in ("logmel", "mfcc", "nnf_logmel"))
+    with pytest.raises(SpaceError, match=rf"features.kind: unknown feature kind '{bad}'; valid: logmel, mfcc, nnf_logmel"):
+        validate_overrides({"features.kind": kinds})
+
+
+def test_waveform_copies_are_searchable_only_when_the_config_precomputes_them():
+    from harmonia.config import FeatureConfig
+
+    none = FeatureConfig()
+    copies = FeatureConfig(augmented_copies={"pitch_shift_semitones": [-1, 1], "time_stretch_rates": [1.1]})
+    assert "aug.waveform_copies" in {n for ns in parameter_names().values() for n in ns}
+    # no copies: the parameter is not offered (trials train on the originals)...
+    assert all("aug.waveform_copies" not in s for s in _sample_with({"arch": "crnn"}, none))
+    validate_overrides({"aug.waveform_copies": False}, features=none)
+    # ...and forcing it on is an error that says why
+    for forced in (True, [False, True], {"choices": [True]}):
+        with pytest.raises(SpaceError, match="aug.waveform_copies.*features.augmented_copies is empty"):
+            validate_overrides({"aug.waveform_copies": forced}, features=none)
+        with pytest.raises(SpaceError, match="augmented_copies is empty"):
+            _sample_with({"aug.waveform_copies": forced}, none, n=1)
+    # with copies: on or off per trial, or fixed by the space
+    assert {s["aug.waveform_copies"] for s in _sample_with({"arch": "crnn"}, copies)} == {False, True}
+    validate_overrides({"aug.waveform_copies": True}, features=copies)
+    assert {s["aug.waveform_copies"] for s in _sample_with({"aug.waveform_copies": True}, copies)} == {True}
+
+
+def test_spaces_show_lists_the_feature_kind_and_waveform_copies(tmp_path):
+    from typer.testing import CliRunner
+
+    from harmonia.cli import app
+
+    p = tmp_path / "c.yaml"
+    p.write_text("features: {kind: mfcc}\nspace: {arch: crnn}\n")
+    res = CliRunner().invoke(app, ["spaces", "show", str(p)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "features.kind" in res.output and "mfcc (features.kind)" in res.output
+    assert "aug.waveform_copies" in res.output and "features.augmented_copies is empty" in res.output
+    assert "chunkmix.p" in res.output
+    p.write_text("space: {features.kind: [logmel, cqt]}\n")
+    res = CliRunner().invoke(app, ["spaces", "show", str(p)], env={"COLUMNS": "200"})
+    assert res.exit_code != 0 and "unknown feature kind 'cqt'" in res.output
