@@ -23,8 +23,41 @@ from harmonia.search.cluster import connect
 from harmonia.search.tuner import run_search
 from harmonia.trainables.training import Trainer
 
-FIXED = {"arch": "crnn", "crnn.blocks": 2, "crnn.channels": 16, "crnn.gru_size": 32, "crnn.dropout": 0.1,
-         "crnn.pooling": "attention", "lr": 3e-3, "batch_size": 32, "aug.mixup": False, "aug.tid": False}
+BASE = {"arch": "crnn", "crnn.blocks": 2, "crnn.channels": 16, "crnn.gru_size": 32, "crnn.dropout": 0.1,
+        "crnn.pooling": "attention", "lr": 3e-3, "batch_size": 32, "aug.mixup": False, "aug.tid": False}
+
+
+class _FirstChoice:
+    """An Optuna-like trial that takes the first choice / low end and remembers what it was asked."""
+
+    def __init__(self):
+        self.values: dict = {}
+
+    def _take(self, name, value):
+        self.values[name] = value
+        return value
+
+    def suggest_float(self, name, low, high, log=False):
+        return self._take(name, low)
+
+    def suggest_int(self, name, low, high, log=False):
+        return self._take(name, low)
+
+    def suggest_categorical(self, name, choices):
+        return self._take(name, choices[0])
+
+
+def pinned(base: dict) -> dict:
+    """`base` plus every other parameter the space would sample, fixed (augmentations off): the search and
+    the direct loop then train exactly the same configs."""
+    from harmonia.spaces import define_by_run
+
+    trial = _FirstChoice()
+    constants = define_by_run(base)(trial)
+    return {**constants, **trial.values}
+
+
+FIXED = pinned(BASE)
 
 
 def config(base: Path, name: str, trials: int, epochs: int, concurrent: int, clips: int):
@@ -61,6 +94,8 @@ def searched(cfg) -> tuple[float, float, float]:
     result = run_search(cfg, progress=False)
     wall = time.perf_counter() - t
     assert len(result.trials) == cfg.search.num_samples
+    for params in result.trials["params"]:  # the search trained exactly the configs the direct loop does
+        assert {k: params.get(k) for k in FIXED} == FIXED, params
     c = tracking.client(cfg.tracking.uri)
     infos = [c.get_run(r).info for r in result.trials["run_id"]]
     first = min(i.start_time for i in infos) / 1000
