@@ -157,3 +157,9 @@ def test_spaces_show_lists_the_feature_kind_and_waveform_copies(tmp_path):
     p.write_text("space: {features.kind: [logmel, cqt]}\n")
     res = CliRunner().invoke(app, ["spaces", "show", str(p)], env={"COLUMNS": "200"})
     assert res.exit_code != 0 and "unknown feature kind 'cqt'" in res.output
+
+
+def test_zoo_config_validates_with_two_feature_kinds_and_copies():
+    cfg = load_config(ROOT / "configs/zoo.yaml")
+    validate_overrides(cfg.space, cfg.task, cfg.features)
+    assert cfg.space["features.kind"] == ["logmel", "mfcc"] and cfg.features.augmented_copies.n_copies == 2

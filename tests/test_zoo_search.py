@@ -1,11 +1,12 @@
-"""A search per architecture with every augmentation switched on: finished MLflow runs for each."""
+"""A search per architecture with every augmentation switched on (the precomputed waveform copies too),
+the feature kinds taken in turn: finished MLflow runs for each."""
 
 from __future__ import annotations
 
 import pytest
 
 from harmonia import tracking
-from harmonia.config import TASK_METRICS
+from harmonia.config import TASK_METRICS, AugmentedCopiesConfig
 from tests.conftest import tiny_config
 
 
@@ -16,13 +17,18 @@ def test_every_architecture_and_augmentation_trains_in_a_search(ray_local, tmp_p
     from harmonia.spaces.augmentations import AUGMENTATION_SPACES
     from harmonia.trainables.architectures import ARCHITECTURES
 
+    from harmonia.spaces.features import FEATURE_KIND_NAMES
+
     assert set(ARCHITECTURE_SPACES) == set(ARCHITECTURES)
-    augs = {f"aug.{a}": True for a in AUGMENTATION_SPACES}
+    assert "chunkmix" in AUGMENTATION_SPACES
+    augs = {f"aug.{a}": True for a in AUGMENTATION_SPACES} | {"aug.waveform_copies": True}
+    kind_of = {arch: FEATURE_KIND_NAMES[i % len(FEATURE_KIND_NAMES)] for i, arch in enumerate(sorted(ARCHITECTURES))}
     for arch in sorted(ARCHITECTURES):
         cfg = tiny_config(tmp_path, name="zoo", num_samples=1, max_concurrent=1, max_epochs=1)
         task = ARCHITECTURES[arch].tasks[0]  # crnn_ctc: sequence; the others: tagging
         cfg.task, cfg.search.metric = task, TASK_METRICS[task][0]
-        cfg.space = {"arch": arch, "batch_size": [16], **augs}
+        cfg.features.augmented_copies = AugmentedCopiesConfig(pitch_shift_semitones=[2])
+        cfg.space = {"arch": arch, "batch_size": [16], "features.kind": kind_of[arch], **augs}
         run_search(cfg, progress=False)
     c = tracking.client(cfg.tracking.uri)
     exp = c.get_experiment_by_name("zoo")
@@ -30,3 +36,5 @@ def test_every_architecture_and_augmentation_trains_in_a_search(ray_local, tmp_p
     assert {r.data.params["arch"] for r in runs if r.info.status == "FINISHED"} == set(ARCHITECTURES)
     for r in runs:
         assert all(r.data.params[k] == "True" for k in augs), r.data.params
+        assert r.data.params["features.kind"] == kind_of[r.data.params["arch"]]
+    assert set(kind_of.values()) == set(FEATURE_KIND_NAMES)
