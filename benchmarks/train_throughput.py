@@ -1,7 +1,7 @@
 """Training throughput (clips/s) per architecture on CPU: `Trainer.train_epoch()` vs a plain PyTorch loop.
 
 For every registered architecture (default params) both loops train the same model class with the
-same params and seed, Adam, clip BCE, the same batch size and a `torch.randperm` order per epoch, no
+same params and seed, Adam, clip BCE (CTC on the event order for the CTC architecture), the same batch size and a `torch.randperm` order per epoch, no
 augmentation, over the same cached, normalized features of a small synthetic dataset, in the same
 process with one torch thread. Each measurement is `--epochs` epochs; the two loops alternate
 (which one goes first alternates too) for `--repeats` rounds and the best round of each counts.
@@ -41,7 +41,19 @@ class PlainLoop:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.x = torch.from_numpy(fs.splits["train"].x)
         self.y = torch.from_numpy(fs.splits["train"].y)
+        self.seq = fs.splits["train"].y_seq
+        self.ctc = params.get("task") == "sequence"
         self.bs = int(params["batch_size"])
+
+    def loss(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.ctc:  # the textbook CTC step: log posteriors [T, B, C + 1], blank last, padded targets
+            lp = self.model.log_probs(self.x[idx])
+            seq = torch.from_numpy(self.seq[idx.numpy()])
+            lengths = (seq >= 0).sum(1)
+            return nn.functional.ctc_loss(lp.transpose(0, 1), seq[seq >= 0], torch.full((len(idx),), lp.shape[1]),
+                                          lengths, blank=lp.shape[2] - 1, zero_infinity=True)
+        clip, _ = self.model(self.x[idx])
+        return nn.functional.binary_cross_entropy(clip.clamp(1e-7, 1 - 1e-7), self.y[idx])
 
     def train_epoch(self) -> float:
         order = torch.randperm(len(self.x), generator=self.gen)
@@ -51,8 +63,7 @@ class PlainLoop:
             idx = order[start:start + self.bs]
             if len(idx) < 2:
                 continue
-            clip, _ = self.model(self.x[idx])
-            loss = nn.functional.binary_cross_entropy(clip.clamp(1e-7, 1 - 1e-7), self.y[idx])
+            loss = self.loss(idx)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -93,8 +104,9 @@ def main() -> None:
     print(f"{'architecture':<18}{'params':>10}" + f"{'trainer':>12}{'plain':>12}{'ratio':>12}" * 2)
     rows = []
     for name in args.arch or sorted(ARCHITECTURES):
-        params = {"arch": name, "lr": LR, "batch_size": args.batch_size}
-        trainer = Trainer(params, fs, max_epochs=10**6, patience=10**6, seed=0, device=torch.device("cpu"))
+        task = ARCHITECTURES[name].tasks[0]  # tagging, or sequence for the CTC architecture
+        params = {"arch": name, "lr": LR, "batch_size": args.batch_size, "task": task}
+        trainer = Trainer(params, fs, max_epochs=10**6, patience=10**6, seed=0, device=torch.device("cpu"), task=task)
         plain = PlainLoop(params, fs, seed=0)
         size = sum(p.numel() for p in plain.model.parameters())
         timed(trainer, 1), timed(plain, 1)  # warm-up: allocator, first-call kernels
