@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harmonia import __version__, tracking
 from harmonia.config import FeatureConfig
 from harmonia.ensembles.library import download, member_source
+from harmonia.trainables.cross_validation import member_weight_files
 
 BUNDLE_FORMAT = "harmonia.bundle/1"
 MEMBER_FILES = ("model.safetensors", "config.json")
@@ -81,7 +82,10 @@ def export_bundle(uri: str, ensemble_run_id: str, out: str | Path, name: str | N
             run_id, prefix = member_source(rid)
             src = download(uri, run_id, f"{prefix}model", tmp)
             dst.mkdir(parents=True)
-            for f in MEMBER_FILES:
+            # config.json + the weights: one file, or one per fold of a cross-validated trial (train.cv_folds)
+            files = ["config.json", *member_weight_files(json.loads((src / "config.json").read_text()))]
+            for f in files:
+                (dst / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / f, dst / f)
         cfg = json.loads((dst / "config.json").read_text())
         try:  # the predictor computes each member's features from its own feature config (kinds may differ)
@@ -93,7 +97,7 @@ def export_bundle(uri: str, ensemble_run_id: str, out: str | Path, name: str | N
         if cfg["classes"] != spec["classes"]:
             raise BundleError(f"member {rid}: classes differ from the ensemble's")
         members.append(BundleMember(run_id=rid, index=spec["library"].index(rid), weight=m["weight"],
-                                    path=f"members/{rid}", sha256={f: sha256(dst / f) for f in MEMBER_FILES}))
+                                    path=f"members/{rid}", sha256={f: sha256(dst / f) for f in files}))
     bundle = Bundle(format=BUNDLE_FORMAT, name=name or spec.get("method", "ensemble"), classes=spec["classes"],
                     method=spec["method"], metric=spec["metric"], library_size=len(spec["library"]),
                     members=members, fitted=spec["fitted"], thresholds=spec["thresholds"], sed=spec.get("sed"), feature=feature,

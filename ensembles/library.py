@@ -47,6 +47,11 @@ class Library:
     hop_seconds: float | None = None  # feature hop; set when the search logged strong labels
     events: dict[str, pd.DataFrame] | None = None  # split -> reference events
     frames: dict[str, np.ndarray] | None = None  # split -> [M, N, T, C] at hop_seconds
+    # Out-of-fold predictions of cross-validated trials (train.cv_folds; ensembles/cross_validated.py):
+    oof_ids: list[str] | None = None  # train ∪ valid clips
+    y_oof: np.ndarray | None = None  # [N_oof, C]
+    oof: np.ndarray | None = None  # [M, N_oof, C]; set only when every member logged predictions/oof.parquet
+    oof_note: str = ""  # why `oof` is None
 
 
 def _read_frames(uri: str, key: str, split: str, ids: list[str], base_hop: float, n_frames: int) -> np.ndarray:
@@ -195,4 +200,7 @@ def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True, 
         test=None if yt is None else np.stack([t for _, _, _, t in loaded]),
         skipped=skipped,
     )
+    from harmonia.ensembles.cross_validated import add_oof
+
+    lib = add_oof(lib, uri, search.info.run_id)  # loads predictions/oof.parquet where trials logged it
     return load_sed(lib, uri, search.info.run_id) if sed else lib

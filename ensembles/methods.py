@@ -331,3 +331,6 @@ def fit_per_class_selection(preds: np.ndarray, y: np.ndarray, metric: Metric, si
     params = {"combine": "per_class", "metric": metric.name, "size": size, "shrink": float(shrink),
               "global_picks": list(glob.picks), "valid_score": float(glob.score)}
     return FittedEnsemble("per_class_selection", weights, params, list(glob.curve))
+
+
+from harmonia.ensembles import cross_validated as _cross_validated  # noqa: E402,F401  (registers cv_selection)

@@ -10,14 +10,13 @@ from typing import Sequence, Union
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
 from harmonia.audio import load_audio
 from harmonia.config import FeatureConfig
 from harmonia.ensembles.bundle import Bundle, read_bundle
 from harmonia.ensembles.methods import FittedEnsemble
 from harmonia.features import Normalizer, features_of
-from harmonia.trainables.architectures import build_model
+from harmonia.trainables.cross_validation import load_member_model
 
 Features = Union[np.ndarray, dict[str, np.ndarray]]
 """One file's features: a mapping feature key (`FeatureConfig.key()`) → [frames, width] array with one
@@ -61,8 +60,8 @@ class EnsemblePredictor:
             cfg = json.loads((path / m.path / "config.json").read_text())
             feature = FeatureConfig(**cfg["feature"])  # the kind this member was trained on
             configs.setdefault(feature.key(), feature)
-            model = build_model(cfg["params"]["arch"], cfg["params"], feature.n_features, len(cfg["classes"]))
-            model.load_state_dict(load_file(str(path / m.path / "model.safetensors")))
+            # one model, or a cross-validated member's k fold models averaged (trainables/cross_validation.py)
+            model = load_member_model(path / m.path, cfg, feature.n_features)
             members.append(Member(m.index, m.weight, model.eval(), Normalizer.from_dict(cfg["normalization"]),
                                   feature.key()))
         return cls(bundle, members, configs)

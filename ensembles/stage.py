@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from harmonia import tracking
+from harmonia.ensembles.cross_validated import compare_oof, fit_inputs, uses_oof
 from harmonia.ensembles.library import Library, collect
 from harmonia.ensembles.methods import FittedEnsemble, fit_method
 from harmonia.metrics import fit_thresholds, get_metric
@@ -76,7 +77,7 @@ def _weights_png(names: list[str], weights: np.ndarray):
     return write
 
 
-SIZED_METHODS = ("selection", "bagged_selection", "per_class_selection")
+SIZED_METHODS = ("selection", "bagged_selection", "per_class_selection", "cv_selection")
 
 
 def _method_kwargs(method: str, size: int, top_k: int, extra: dict) -> dict:
@@ -101,7 +102,7 @@ def _per_class_table(lib: Library, fitted: FittedEnsemble, metric: str) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def _curve_png(curve: list[float], metric: str):
+def _curve_png(curve: list[float], metric: str, on: str = "valid"):
     def write(path):
         import matplotlib
 
@@ -111,7 +112,7 @@ def _curve_png(curve: list[float], metric: str):
         fig, ax = plt.subplots(figsize=(5, 3))
         ax.plot(range(1, len(curve) + 1), curve, marker=".")
         ax.set_xlabel("ensemble size (greedy steps)")
-        ax.set_ylabel(f"valid {metric}")
+        ax.set_ylabel(f"{on} {metric}")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -121,11 +122,14 @@ def _curve_png(curve: list[float], metric: str):
 
 def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: int, metric: str, top_k: int,
                 **method_kwargs) -> EnsembleReport:
-    """Fit one method on valid only, score it on valid and test, and log it as an ensemble run."""
-    fitted = fit_method(method, lib.valid, lib.y_valid, metric=metric,
+    """Fit one method on valid only (cv_selection: on out-of-fold predictions of train ∪ valid), score it
+    on valid and test (and OOF), and log it as an ensemble run."""
+    fit_preds, fit_y = fit_inputs(lib, method)  # LibraryError when an OOF method meets a library without OOF
+    fitted = fit_method(method, fit_preds, fit_y, metric=metric,
                         **_method_kwargs(method, size, top_k, method_kwargs))
-    thresholds = fit_thresholds(lib.y_valid, fitted.predict(lib.valid))
-    table = compare(lib, fitted, metric, top_k)
+    thresholds = fit_thresholds(fit_y, fitted.predict(fit_preds))
+    table = (compare_oof if uses_oof(method) else compare)(lib, fitted, metric, top_k)
+    on = "oof" if uses_oof(method) else "valid"
     c = tracking.client(uri)
     exp_id = tracking.ensure_experiment(uri, experiment)
     run = tracking.retry(lambda: c.create_run(exp_id, run_name=f"{experiment}-{method}",
@@ -140,6 +144,8 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
     for model, row in table.iterrows():
         key = model.replace(" ", "_")
         metrics[f"{key}_valid_{metric}"] = row["valid"]
+        if "oof" in row and np.isfinite(row["oof"]):
+            metrics[f"{key}_oof_{metric}"] = row["oof"]
         if np.isfinite(row["test"]):
             metrics[f"{key}_test_{metric}"] = row["test"]
     metrics.update({f"valid_{metric}": table.loc["ensemble", "valid"], "members": float(len(members))})
@@ -153,7 +159,7 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
         "format": "harmonia.ensemble/1", "method": method, "metric": metric, "classes": lib.classes,
         "library": lib.run_ids, "members": members, "fitted": fitted.to_dict(),
         "thresholds": thresholds.tolist(),
-        "scores": {m: {"valid": float(r["valid"]), "test": float(r["test"])} for m, r in table.iterrows()},
+        "scores": {m: {k: float(r[k]) for k in ("oof", "valid", "test") if k in r} for m, r in table.iterrows()},
         "sed": None if sed is None else sed["decisions"],
     }
     files = {
@@ -165,8 +171,8 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
     }
     if fitted.curve:
         files["curve.csv"] = pd.DataFrame({"size": range(1, len(fitted.curve) + 1),
-                                           f"valid_{metric}": fitted.curve}).to_csv(index=False).encode()
-        files["curve.png"] = _curve_png(fitted.curve, metric)
+                                           f"{on}_{metric}": fitted.curve}).to_csv(index=False).encode()
+        files["curve.png"] = _curve_png(fitted.curve, metric, on)
     tracking.log_files(c, rid, files)
     tracking.retry(lambda: c.set_terminated(rid, "FINISHED"))
     return EnsembleReport(rid, method, metric, fitted, lib, thresholds, table,
@@ -198,16 +204,25 @@ def build_ensemble(uri: str, experiment: str, *, method: str = "selection", size
 
 
 def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int = 20, metric: str = "mAP",
-                    top_k: int = 5, progress: bool = True,
-                    snapshots: bool = True) -> tuple[list[EnsembleReport], pd.DataFrame]:
-    """Every method on the same library, one run each, and a table: method, valid, test, members, run."""
+                    top_k: int = 5, progress: bool = True, snapshots: bool = True,
+                    skip_unavailable: bool = False) -> tuple[list[EnsembleReport], pd.DataFrame]:
+    """Every method on the same library, one run each, and a table: method, valid, test, oof, members, run.
+    With `skip_unavailable` the methods fitted on out-of-fold predictions are left out (with a note)
+    when the library has none, instead of failing."""
     lib = collect(uri, experiment, progress=progress, snapshots=snapshots)
+    if skip_unavailable and lib.oof is None and any(uses_oof(m) for m in methods):
+        if progress:
+            from harmonia.progress import console
+
+            console.print(f"[yellow]left out {', '.join(m for m in methods if uses_oof(m))}:[/] {lib.oof_note}")
+        methods = [m for m in methods if not uses_oof(m)]
     reports = [fit_and_log(lib, uri, experiment, method=m, size=size, metric=metric, top_k=top_k) for m in methods]
+    oof = lambda t, name: t.loc[name, "oof"] if "oof" in t.columns else float("nan")  # noqa: E731
     rows = [{"method": r.method, "valid": r.comparison.loc["ensemble", "valid"],
-             "test": r.comparison.loc["ensemble", "test"], "members": int(r.comparison.loc["ensemble", "members"]),
-             "run_id": r.run_id} for r in reports]
+             "test": r.comparison.loc["ensemble", "test"], "oof": oof(r.comparison, "ensemble"),
+             "members": int(r.comparison.loc["ensemble", "members"]), "run_id": r.run_id} for r in reports]
     base = reports[0].comparison
     for name in base.index[1:]:
         rows.append({"method": name, "valid": base.loc[name, "valid"], "test": base.loc[name, "test"],
-                     "members": int(base.loc[name, "members"]), "run_id": ""})
+                     "oof": oof(base, name), "members": int(base.loc[name, "members"]), "run_id": ""})
     return reports, pd.DataFrame(rows)

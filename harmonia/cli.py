@@ -166,7 +166,8 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
     if metric not in clip_metrics:
         fail(f"--metric: unknown {metric!r} for ensembles of clip scores; valid: {', '.join(clip_metrics)}")
     reports, table = _guard(lambda: build_ensembles(uri, experiment, methods=methods, size=size, metric=metric,
-                                                    top_k=top_k, snapshots=snapshots))
+                                                    top_k=top_k, snapshots=snapshots,
+                                                    skip_unavailable=method == "all"))
     if len(reports) == 1:
         print_comparison(reports[0])
         return
@@ -182,11 +183,13 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
 
 
 def print_comparison(report) -> None:
-    t = Table(title=f"{report.method} ensemble vs single models ({report.metric}; fitted on valid)")
-    for col in ("model", "valid", "test", "members"):
+    scores = [c for c in ("oof", "valid", "test") if c in report.comparison.columns]  # oof: cv_selection
+    on = "out-of-fold predictions of train ∪ valid" if "oof" in scores else "valid"
+    t = Table(title=f"{report.method} ensemble vs single models ({report.metric}; fitted on {on})")
+    for col in ("model", *scores, "members"):
         t.add_column(col)
     for model, row in report.comparison.iterrows():
-        t.add_row(model, f"{row['valid']:.4f}", f"{row['test']:.4f}", str(int(row["members"])))
+        t.add_row(model, *(f"{row[c]:.4f}" for c in scores), str(int(row["members"])))
     console.print(t)
     names = dict(zip(report.library.run_ids, report.library.run_names))
     console.print("members: " + ", ".join(f"{names[r]}×{w:.2f}" for r, w in report.members))

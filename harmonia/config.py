@@ -169,6 +169,9 @@ class TrainConfig(_Strict):
     num_threads: int = Field(1, gt=0)
     # Keep the predictions (and weights) of each trial's k best epochs as extra ensemble members.
     snapshots: int = Field(0, ge=0)
+    # k >= 2: each trial trains k fold models on train ∪ valid and logs out-of-fold predictions
+    # (trainables/cross_validation.py); 0 or 1: one model trained on train, early-stopped on valid.
+    cv_folds: int = Field(0, ge=0)
 
 
 class EnsembleConfig(_Strict):
@@ -204,6 +207,14 @@ class HarmoniaConfig(_Strict):
             if metric not in valid:
                 raise ValueError(f"{key}: {metric!r} is not a metric of task {self.task!r} "
                                  f"(valid: {', '.join(m for m in valid if key == 'search.metric' or m != 'seq_acc')})")
+        return self
+
+    @model_validator(mode="after")
+    def _cv_without_snapshots(self) -> "HarmoniaConfig":
+        if self.train.cv_folds >= 2 and self.train.snapshots > 0:
+            raise ValueError(f"train.cv_folds={self.train.cv_folds} with train.snapshots={self.train.snapshots}: "
+                             "epoch snapshots are not supported in cross-validated trials (each fold model stops "
+                             "at its own epoch); set train.snapshots: 0 or train.cv_folds: 0")
         return self
 
     def resolved(self, base: Path | None = None) -> "HarmoniaConfig":

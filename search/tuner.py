@@ -33,10 +33,11 @@ class SearchResult:
     trials: pd.DataFrame  # one row per trial: trial_id, status, score, epochs, run_id, params
 
 
-def _log_labels(c, run_id: str, fs: FeatureSet, events: pd.DataFrame | None = None) -> None:
-    """Targets (and strong events) of valid and test on the search run: the ensemble stage needs only MLflow."""
+def _log_labels(c, run_id: str, fs: FeatureSet, events: pd.DataFrame | None = None, train: bool = False) -> None:
+    """Targets (and strong events) of valid and test on the search run: the ensemble stage needs only MLflow.
+    With `train` (cross-validated trials) also those of train: out-of-fold predictions cover train ∪ valid."""
     files = {}
-    for split in ("valid", "test"):
+    for split in (("train",) if train else ()) + ("valid", "test"):
         if split in fs.splits:
             df = tracking.predictions_frame(fs.splits[split].clip_ids, fs.splits[split].y, fs.classes)
             files[f"labels/{split}.parquet"] = lambda p, df=df: df.to_parquet(p, index=False)
@@ -58,7 +59,7 @@ def _search_run(cfg: HarmoniaConfig, exp_id: str, fs: FeatureSet, events, state_
     run = tracking.retry(lambda: c.create_run(exp_id, run_name=f"{cfg.name}-search",
                                               tags={tracking.KIND_TAG: "search"}))
     tracking.log_params(c, run.info.run_id, cfg.model_dump(exclude={"tracking"}))
-    _log_labels(c, run.info.run_id, fs, events)
+    _log_labels(c, run.info.run_id, fs, events, train=cfg.train.cv_folds >= 2)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"search_run_id": run.info.run_id, "experiment_id": exp_id}))
     return run.info.run_id
@@ -135,7 +136,7 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
     ctx = TrialContext(cfg.tracking.uri, exp_id, search_run_id, s.max_epochs, cfg.train.patience,
                        s.metric, cfg.train.seed, max(1, int(s.resources.cpu)), cfg.task,
                        scheduler_milestones(min(s.grace_period, s.max_epochs), s.reduction_factor, s.max_epochs),
-                       cfg.train.snapshots)
+                       cfg.train.snapshots, cv_folds=cfg.train.cv_folds)
     c = tracking.client(cfg.tracking.uri)
     status = "FAILED"
     try:

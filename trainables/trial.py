@@ -14,6 +14,7 @@ from safetensors.torch import save as save_safetensors
 
 from harmonia import tracking
 from harmonia.featureset import FeatureSet, pick_feature_set
+from harmonia.trainables.cross_validation import CrossValidatedTrainer, cv_member_files, trainer_factory
 from harmonia.trainables.snapshots import INDEX_FILE, SnapshotKeeper, snapshot_prefix
 from harmonia.trainables.training import Trainer
 
@@ -37,6 +38,7 @@ class TrialContext:
     task: str = "tagging"
     log_epochs: frozenset[int] = frozenset()  # epochs after which the scheduler may stop the trial
     snapshots: int = 0  # keep the predictions of this many best epochs as extra members
+    cv_folds: int = 0  # k >= 2: k fold models on train ∪ valid, out-of-fold predictions (cross_validation.py)
 
 
 def scheduler_milestones(grace_period: int, reduction_factor: int, max_epochs: int) -> frozenset[int]:
@@ -75,6 +77,8 @@ def member_files(trainer: Trainer, state: dict, epoch: int, valid: tuple[np.ndar
                  prefix: str = "") -> dict:
     """`{prefix}model/` (weights, config) and `{prefix}predictions/` (valid and test, clip and frame level)
     of the model with weights `state`; valid outputs are recomputed when not given (after a restore)."""
+    if isinstance(trainer, CrossValidatedTrainer):  # k fold weights, oof.parquet (cross_validation.py)
+        return cv_member_files(trainer, state, epoch, valid, prefix)
     data = trainer.data
     model = trainer.model_with(state)
     test_probs, test_frames = trainer.predict("test", model=model) if "test" in data.splits else (None, None)
@@ -150,7 +154,7 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
     c = tracking.client(ctx.tracking_uri)
     params = dict(config)
     data = pick_feature_set(data, params)  # kind → FeatureSet from the search: the sampled features.kind's
-    trainer = Trainer(params, data, max_epochs=ctx.max_epochs, patience=ctx.patience,
+    trainer = trainer_factory(ctx.cv_folds, ctx.seed)(params, data, max_epochs=ctx.max_epochs, patience=ctx.patience,
                       metric=ctx.metric, seed=ctx.seed + int(params.get("seed", 0)), task=ctx.task)
     snapshots = SnapshotKeeper(ctx.snapshots, trainer.sign)
     run_id = None
