@@ -194,15 +194,21 @@ def trials_table(results, metric: str) -> pd.DataFrame:
 
 
 def print_trials(table: pd.DataFrame, metric: str, top: int = 10) -> None:
+    """The top trials: the augmentations each one used and the params that differ among them."""
     from rich.table import Table
 
+    shown = table.head(top)
+    rows = [r["params"] for _, r in shown.iterrows()]
+    varying = sorted({k for k in set().union(*rows) if not k.startswith("aug.") and k != "arch"
+                      and len({repr(p.get(k)) for p in rows}) > 1})
     t = Table(title=f"top trials by valid {metric}")
-    for col in ("trial", "status", f"valid {metric}", "epochs", "arch", "params", "MLflow run"):
+    for col in ("trial", "status", f"valid {metric}", "epochs", "arch", "augmentations", "params", "MLflow run"):
         t.add_column(col, overflow="fold")
-    for _, r in table.head(top).iterrows():
-        params = " ".join(f"{k.split('.', 1)[-1]}={_short(v)}" for k, v in sorted(r["params"].items()) if k != "arch")
-        t.add_row(r["trial_id"], r["status"], f"{r['score']:.4f}", str(int(r["epochs"])), r["arch"], params,
-                  r["run_id"][:12])
+    for (_, r), p in zip(shown.iterrows(), rows):
+        augs = ",".join(k[4:] for k, v in sorted(p.items()) if k.startswith("aug.") and k.count(".") == 1 and v is True)
+        params = " ".join(f"{k.split('.', 1)[-1]}={_short(p[k])}" for k in varying if k in p)
+        t.add_row(r["trial_id"], r["status"], f"{r['score']:.4f}", str(int(r["epochs"])), r["arch"], augs or "none",
+                  params, r["run_id"][:12])
     console.print(t)
 
 

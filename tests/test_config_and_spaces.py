@@ -13,6 +13,9 @@ def test_quickstart_config_loads():
     cfg = load_config(ROOT / "configs/quickstart.yaml")
     assert cfg.name == "quickstart" and cfg.data.root == "data/synth"
     assert cfg.tracking.uri == "sqlite:///mlruns.db"
+    from harmonia.spaces import validate_overrides
+
+    validate_overrides(cfg.space, cfg.task, cfg.features)  # every override names a real parameter
 
 
 def test_relative_paths_resolve_against_the_run_directory(tmp_path):

@@ -183,3 +183,23 @@ def test_permuted_test_labels_change_no_fitted_choice(ensembled):
         assert a.extra["sed"]["decisions"] == b.extra["sed"]["decisions"], method  # thresholds + median filters
         # Every method matches or beats the best single model on valid (the synthetic dataset's trials).
         assert a.comparison.loc["ensemble", "valid"] >= a.comparison.loc["best single", "valid"] - 1e-9, method
+
+
+def test_trials_table_shows_used_augmentations_and_only_params_that_differ():
+    from harmonia.progress import console
+    from harmonia.search.tuner import print_trials
+
+    table = pd.DataFrame([
+        {"trial_id": "a1", "status": "TERMINATED", "score": 0.71, "epochs": 12, "run_id": "r" * 32, "arch": "crnn",
+         "params": {"arch": "crnn", "lr": 0.003, "batch_size": 32, "aug.mixup": True, "mixup.alpha": 0.2,
+                    "aug.tid": False}},
+        {"trial_id": "b2", "status": "TERMINATED", "score": 0.64, "epochs": 3, "run_id": "s" * 32, "arch": "crnn",
+         "params": {"arch": "crnn", "lr": 0.001, "batch_size": 32, "aug.mixup": False, "aug.tid": True}},
+    ])
+    with console.capture() as cap:
+        print_trials(table, "mAP")
+    out = cap.get()
+    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3 and ("a1" in line or "b2" in line)}
+    assert "lr=0.003" in lines["a1"] and "mixup" in lines["a1"] and "tid" not in lines["a1"]
+    assert "lr=0.001" in lines["b2"] and "tid" in lines["b2"]
+    assert "batch_size" not in out  # the same in every shown trial
