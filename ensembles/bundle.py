@@ -18,7 +18,6 @@ from harmonia.ensembles.library import download, member_source
 from harmonia.trainables.cross_validation import member_weight_files
 
 BUNDLE_FORMAT = "harmonia.bundle/1"
-MEMBER_FILES = ("model.safetensors", "config.json")
 
 
 class BundleError(ValueError):
