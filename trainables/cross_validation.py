@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from harmonia.featureset import PAD, FeatureSet, SplitArrays
-from harmonia.trainables.training import EpochResult, NonFiniteLossError, Trainer, pick_device
+from harmonia.trainables.training import EpochResult, NonFiniteLossError, Trainer, pick_device, predict_batches
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -230,20 +230,11 @@ class CrossValidatedTrainer:
         metrics.update(fold_metrics, best_valid_score=self.best_score, best_epoch=float(self.best_epoch))
         return EpochResult(self.epoch, metrics, improved, self.done)
 
-    @torch.no_grad()
     def predict(self, split: str, batch_size: int = 64, model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Clip and frame outputs on `self.data.splits[split]` of `model`, by default the mean of the
         fold models' current weights (`FoldAverage`)."""
         model = model or FoldAverage([t.model for t in self.trainers])
-        model.eval()
-        x = torch.from_numpy(self.data.splits[split].x)
-        clips, frames = [], []
-        for start in range(0, len(x), batch_size):
-            with torch.autocast(self.device.type, enabled=self.amp):
-                c, f = model(x[start:start + batch_size].to(self.device))
-            clips.append(c.float().cpu())
-            frames.append(f.float().cpu())
-        return torch.cat(clips).numpy(), torch.cat(frames).numpy()
+        return predict_batches(model, self.data.splits[split].x, self.device, self.amp, batch_size)
 
     def fold_models(self, state: dict[str, torch.Tensor]) -> list[nn.Module]:
         parts = split_state(state)

@@ -32,6 +32,21 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@torch.no_grad()
+def predict_batches(model: nn.Module, x: np.ndarray, device: torch.device, amp: bool,
+                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Clip [N, C] and frame [N, T', C] outputs of `model` in eval mode over features [N, T, F], by batches."""
+    model.eval()
+    xt = torch.from_numpy(x)
+    clips, frames = [], []
+    for start in range(0, len(xt), batch_size):
+        with torch.autocast(device.type, enabled=amp):
+            c, f = model(xt[start:start + batch_size].to(device))
+        clips.append(c.float().cpu())
+        frames.append(f.float().cpu())
+    return torch.cat(clips).numpy(), torch.cat(frames).numpy()
+
+
 def evaluate(y: np.ndarray, probs: np.ndarray, prefix: str) -> dict[str, float]:
     """Clip-level tag scores of one split: mAP, macro ROC AUC, micro F1 at 0.5, BCE loss."""
     return tag_scores(y, probs, prefix)
@@ -117,19 +132,9 @@ class Trainer:
             count += len(idx)
         return total / max(count, 1)
 
-    @torch.no_grad()
     def predict(self, split: str, batch_size: int = 64, model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Clip [N, C] and frame [N, T', C] probabilities of a split with the current (or given) weights."""
-        model = model or self.model
-        model.eval()
-        x = torch.from_numpy(self.data.splits[split].x)
-        clips, frames = [], []
-        for start in range(0, len(x), batch_size):
-            with torch.autocast(self.device.type, enabled=self.amp):
-                c, f = model(x[start:start + batch_size].to(self.device))
-            clips.append(c.float().cpu())
-            frames.append(f.float().cpu())
-        return torch.cat(clips).numpy(), torch.cat(frames).numpy()
+        return predict_batches(model or self.model, self.data.splits[split].x, self.device, self.amp, batch_size)
 
     def run_epoch(self) -> EpochResult:
         train_loss = self.train_epoch()
