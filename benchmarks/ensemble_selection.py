@@ -61,7 +61,7 @@ def main() -> None:
               f"final mAP {fast.curve[-1]:.6f}, best step {fast.best_step}", flush=True)
 
     t0 = time.perf_counter()
-    probe = reference_ensemble_selection(preds, y, size=1, metric="mAP", keep_best_prefix=False)
+    reference_ensemble_selection(preds, y, size=1, metric="mAP", keep_best_prefix=False)
     per_step = (time.perf_counter() - t0) / 2
     ref_steps = k if per_step * (k + 1) <= args.ref_budget else max(1, int(args.ref_budget / per_step) - 1)
     print(f"reference: ~{per_step:.2f} s per step (probe), running {ref_steps} of {k} steps")
