@@ -154,8 +154,9 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
     c = tracking.client(ctx.tracking_uri)
     params = dict(config)
     data = pick_feature_set(data, params)  # kind → FeatureSet from the search: the sampled features.kind's
-    trainer = trainer_factory(ctx.cv_folds, ctx.seed)(params, data, max_epochs=ctx.max_epochs, patience=ctx.patience,
-                      metric=ctx.metric, seed=ctx.seed + int(params.get("seed", 0)), task=ctx.task)
+    make_trainer = trainer_factory(ctx.cv_folds, ctx.seed)  # Trainer, or k fold Trainers (cross_validation.py)
+    trainer = make_trainer(params, data, max_epochs=ctx.max_epochs, patience=ctx.patience, metric=ctx.metric,
+                           seed=ctx.seed + int(params.get("seed", 0)), task=ctx.task)
     snapshots = SnapshotKeeper(ctx.snapshots, trainer.sign)
     run_id = None
     checkpoint = tune.get_checkpoint()
