@@ -112,6 +112,22 @@ def test_checkpoint_round_trip_with_weights_only(features, trained, tmp_path):
         other.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
 
 
+def test_restore_with_one_fold_stopped_early_goes_on_training_the_others(features, trained, tmp_path):
+    trainer, _ = trained
+    fresh = CrossValidatedTrainer(PARAMS, features, folds=3, max_epochs=3, patience=2, seed=0, split_seed=0)
+    fresh.run_epoch()
+    state = fresh.state_dict()
+    state["folds"][1]["counters"][2] = 2  # fold 1 ran out of patience: done, the others are not
+    torch.save(state, tmp_path / "state.pt")
+    back = CrossValidatedTrainer(PARAMS, features, folds=3, max_epochs=3, patience=2, seed=0, split_seed=0)
+    back.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert back.trainers[1].done and not back.trainers[0].done
+    result = back.run_epoch()  # crashed before: the stopped fold had no valid outputs after a restore
+    assert result.epoch == 2 and back.trainers[1].epoch == 1 and back.trainers[0].epoch == 2
+    rows = np.flatnonzero(back.fold == 1)  # its OOF rows are still its own (epoch 1) predictions
+    np.testing.assert_allclose(back.last_valid[0][rows], back.trainers[1].predict("valid")[0], atol=1e-6)
+
+
 def test_member_files_hold_the_folds_oof_and_averaged_test(features, trained, tmp_path):
     trainer, _ = trained
     files = cv_member_files(trainer, trainer.best_state, trainer.best_epoch, trainer.best_valid)

@@ -261,6 +261,8 @@ class CrossValidatedTrainer:
             raise ValueError("the checkpoint's fold split differs from this trial's (other clips, labels or seed)")
         for t, s in zip(self.trainers, state["folds"], strict=True):
             t.load_state_dict(s)
+            if t.done:  # a stopped fold is not run again, but its outputs still make up the OOF ones
+                t.last_valid = t.predict("valid")
         self.epoch, self.best_epoch = (int(v) for v in state["counters"])
         self.best_score = float(state["best_score"])
 
