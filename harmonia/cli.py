@@ -155,7 +155,7 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
     """Ensembles fitted on valid from the finished trials of EXPERIMENT; one MLflow run per method."""
     from harmonia.ensembles.methods import METHODS
     from harmonia.ensembles.stage import build_ensembles
-    from harmonia.metrics import METRICS
+    from harmonia.metrics import METRICS, get_metric
 
     uri = _uri(tracking_uri, config)
     methods = sorted(METHODS) if method == "all" else [m.strip() for m in method.split(",") if m.strip()]
@@ -174,7 +174,8 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
     t = Table(title=f"ensemble methods on {experiment} ({metric}; weights fitted on valid, test only reported)")
     for col in ("method", "valid", "test", "members", "ensemble run"):
         t.add_column(col)
-    best = table.loc[table["run_id"] != "", "valid"].idxmax()
+    fitted = table.loc[table["run_id"] != "", "valid"]
+    best = fitted.idxmax() if get_metric(metric).greater_is_better else fitted.idxmin()
     for i, r in table.iterrows():
         style = "bold green" if i == best else None
         t.add_row(r["method"], f"{r['valid']:.4f}", f"{r['test']:.4f}", str(r["members"]), r["run_id"], style=style)

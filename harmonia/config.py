@@ -215,6 +215,10 @@ class HarmoniaConfig(_Strict):
             raise ValueError(f"train.cv_folds={self.train.cv_folds} with train.snapshots={self.train.snapshots}: "
                              "epoch snapshots are not supported in cross-validated trials (each fold model stops "
                              "at its own epoch); set train.snapshots: 0 or train.cv_folds: 0")
+        if self.train.cv_folds >= 2 and self.task == "scene":
+            raise ValueError(f"train.cv_folds={self.train.cv_folds} with task 'scene': the folds are split by "
+                             "label set, not by recording location, so clips of one location would be on both "
+                             "sides of a fold (the scene valid split holds out whole locations); set train.cv_folds: 0")
         return self
 
     def resolved(self, base: Path | None = None) -> "HarmoniaConfig":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from harmonia import tracking
-from harmonia.config import HarmoniaConfig
+from harmonia.config import ConfigError, HarmoniaConfig
 from harmonia.featureset import FeatureSet, build_feature_sets, load_data
 from harmonia.metrics import get_metric
 from harmonia.progress import console, progress_bar
@@ -124,6 +124,7 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
     validate_overrides(cfg.space, cfg.task, cfg.features)
     tracking.check_reachable(cfg.tracking.uri)
     ds = load_data(cfg, progress=progress)
+    _check_cv_folds(cfg, ds)
     # Ray starts before the features load: its prestarted workers import torch and mlflow meanwhile.
     connect(cfg.search.address)
     feature_sets = build_feature_sets(ds, cfg.features, search_kinds(cfg), progress=progress)
@@ -161,6 +162,18 @@ def search_kinds(cfg: HarmoniaConfig) -> list[str]:
     the config's first when it is one of them (trials resumed from before the kind was a param use it)."""
     kinds = feature_kinds(cfg.space, cfg.features.kind)
     return sorted(kinds, key=lambda k: k != cfg.features.kind)
+
+
+def _check_cv_folds(cfg: HarmoniaConfig, ds) -> None:
+    """`train.cv_folds` needs a valid split and at most one fold per clip of train ∪ valid."""
+    k = cfg.train.cv_folds
+    if k < 2:
+        return
+    counts = dict(ds.clips["split"].value_counts())
+    n = int(counts.get("train", 0) + counts.get("valid", 0))
+    if not counts.get("valid") or k > n:
+        raise ConfigError(f"train.cv_folds={k}: needs a valid split and 2 <= k <= the {n} clips of train ∪ valid "
+                          f"in {cfg.data.root}")
 
 
 def close_orphans(c, exp_id: str, search_run_id: str) -> None:

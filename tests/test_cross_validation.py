@@ -41,6 +41,25 @@ def test_fold_split_covers_every_clip_once_is_stratified_and_deterministic():
         fold_assignment(ids[:3], y[:3], 4, seed=0)
 
 
+def test_config_refuses_cv_folds_for_scenes():
+    with pytest.raises(ConfigError, match="recording location"):
+        parse_config({"task": "scene", "train": {"cv_folds": 3},
+                      "search": {"metric": "accuracy"}, "ensemble": {"metric": "accuracy"}})
+
+
+def test_more_folds_than_clips_is_refused_before_ray_starts(tmp_path):
+    import ray
+
+    from harmonia.search.tuner import run_search
+
+    cfg = tiny_config(tmp_path)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"cv_folds": 10_000})})
+    was = ray.is_initialized()
+    with pytest.raises(ConfigError, match="train.cv_folds=10000"):
+        run_search(cfg, progress=False)
+    assert ray.is_initialized() == was
+
+
 def test_config_refuses_snapshots_with_cv_folds():
     with pytest.raises(ConfigError, match="train.cv_folds=3 with train.snapshots=2.*not supported"):
         parse_config({"train": {"cv_folds": 3, "snapshots": 2}})
