@@ -167,7 +167,8 @@ class TrainConfig(_Strict):
     patience: int = Field(4, gt=0)
     seed: int = 0
     num_threads: int = Field(1, gt=0)
-    # Keep the predictions (and weights) of each trial's k best epochs as extra ensemble members.
+    # Keep each trial's k best epochs (the best one included) as ensemble members: the k - 1 besides
+    # the best are logged under snapshots/ with their weights and predictions.
     snapshots: int = Field(0, ge=0)
     # k >= 2: each trial trains k fold models on train ∪ valid and logs out-of-fold predictions
     # (trainables/cross_validation.py); 0 or 1: one model trained on train, early-stopped on valid.

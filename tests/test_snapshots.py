@@ -77,7 +77,9 @@ def test_trials_log_their_best_epochs_as_snapshots(snapshot_search):
         best_two = sorted(history, key=lambda e: -history[e])[:2]
         assert sorted(index["epochs"]) == sorted(best_two)  # the two best valid epochs of the run's history
         assert index["best_epoch"] == best_two[0] == int(run.data.metrics["best_epoch"])
-        for e in index["epochs"]:
+        # the best epoch is the trial's own model: not logged twice
+        assert not c.list_artifacts(run_id, snapshot_prefix(index["best_epoch"]).rstrip("/"))
+        for e in (e for e in index["epochs"] if e != index["best_epoch"]):
             names = {a.path for a in c.list_artifacts(run_id, snapshot_prefix(e) + "predictions")}
             assert {f"{snapshot_prefix(e)}predictions/{f}" for f in ("valid.parquet", "test.parquet")} <= names
             assert index["scores"][str(e)] == pytest.approx(history[e])
@@ -113,3 +115,35 @@ def test_snapshot_members_enter_the_library_and_the_exported_bundle(snapshot_sea
     scores = EnsemblePredictor.load(out).predict_files(list(test["path"]))
     order = [lib.test_ids.index(cid) for cid in test["clip_id"]]
     np.testing.assert_allclose(scores[lib.classes].to_numpy(), report.fitted.predict(lib.test)[order], atol=1e-4)
+
+
+def test_a_best_epoch_overtaken_later_is_logged_as_a_snapshot_then(tmp_path):
+    """log_best never writes the current best epoch under snapshots/ (it is the trial's own model) and
+    writes it there at the next log point once a better epoch took its place."""
+    import copy
+
+    from harmonia.featureset import prepare
+    from harmonia.trainables.trial import log_best
+    from harmonia.trainables.training import Trainer
+
+    cfg = tiny_config(tmp_path, "snaplog")
+    fs = prepare(cfg, progress=False)[1]
+    params = {"arch": "crnn", "crnn.blocks": 2, "crnn.channels": 8, "crnn.gru_size": 16, "batch_size": 16}
+    trainer = Trainer(params, fs, max_epochs=3, patience=3)
+    keeper = SnapshotKeeper(2)
+    uri = cfg.tracking.uri
+    c = tracking.client(uri)
+    run_id = c.create_run(tracking.ensure_experiment(uri, "snaplog", cfg.tracking.artifacts)).info.run_id
+    r = trainer.run_epoch()
+    keeper.offer(1, r.metrics["valid_mAP"], trainer.model.state_dict(), trainer.last_valid)
+    log_best(c, run_id, trainer, keeper)
+    assert not c.list_artifacts(run_id, "snapshots/epoch_001")  # the best: logged as model/ only
+    # Epoch 2 scores higher: it becomes the best, and epoch 1 a snapshot besides it.
+    trainer.run_epoch()
+    trainer.best_epoch, trainer.best_state, trainer.best_valid = 2, copy.deepcopy(trainer.model.state_dict()), trainer.last_valid
+    keeper.offer(2, r.metrics["valid_mAP"] + 1.0, trainer.model.state_dict(), trainer.last_valid)
+    log_best(c, run_id, trainer, keeper)
+    assert {a.path for a in c.list_artifacts(run_id, "snapshots/epoch_001/predictions")} >= {
+        "snapshots/epoch_001/predictions/valid.parquet", "snapshots/epoch_001/predictions/test.parquet"}
+    assert not c.list_artifacts(run_id, "snapshots/epoch_002")
+    assert all(s.logged == (s.epoch == 1) for s in keeper.kept)

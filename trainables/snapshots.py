@@ -4,7 +4,9 @@
 epoch becomes a candidate in the ensemble library instead, so the ensemble stage decides by selection
 on valid whether (and with which weight) a snapshot helps. Artifacts of epoch e live under
 `snapshots/epoch_{e:03d}/` with the same layout as the trial's own (`model/`, `predictions/`), and
-`snapshots/index.json` names the epochs currently kept (an evicted epoch's files may remain logged).
+`snapshots/index.json` names the epochs currently kept, the best one included (an evicted epoch's files
+may remain logged). The best epoch's files are the trial's own `model/` and `predictions/`, so it is not
+logged again under `snapshots/`: k kept epochs give k - 1 extra members.
 """
 
 from __future__ import annotations

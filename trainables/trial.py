@@ -104,12 +104,13 @@ def log_best(c, run_id: str, trainer: Trainer, snapshots: SnapshotKeeper | None 
     files = member_files(trainer, trainer.best_state, trainer.best_epoch, trainer.best_valid)
     if snapshots is not None and snapshots.k > 0:
         for snap in snapshots.pending:
-            files.update(member_files(trainer, snap.state, snap.epoch, snap.valid, snapshot_prefix(snap.epoch)))
+            if snap.epoch != trainer.best_epoch:  # the best epoch's files are the trial's own model/, predictions/
+                files.update(member_files(trainer, snap.state, snap.epoch, snap.valid, snapshot_prefix(snap.epoch)))
         files[INDEX_FILE] = tracking.json_bytes({"epochs": snapshots.epochs, "best_epoch": trainer.best_epoch,
                                                  "scores": {str(s.epoch): s.score for s in snapshots.kept}})
     tracking.log_files(c, run_id, files)
     for snap in (snapshots.pending if snapshots is not None else []):
-        snap.logged = True
+        snap.logged = snap.epoch != trainer.best_epoch  # a best epoch overtaken later is logged then
 
 
 def start_run(c, ctx: TrialContext, params: dict, run_id: str | None) -> str:
