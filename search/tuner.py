@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,22 @@ def trial_dirname(trial) -> str:
     return f"{trial.trial_id}"
 
 
+@contextmanager
+def only_json_result_logger():
+    """While fitting, Tune adds no CSV/TensorBoard result loggers (`build_tuner` passes the JSON one);
+    the process's setting is restored after, so other Tuners in it keep Tune's defaults."""
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet | dict[str, FeatureSet], ctx: TrialContext, callbacks: list,
                 resume: bool):
     """A new Tuner, or the one restored from `storage_path/name` when resuming.
@@ -82,7 +99,6 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet | dict[str, FeatureSet], ctx
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search.optuna import OptunaSearch
 
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
 
     s = cfg.search
     trainable = tune.with_resources(tune.with_parameters(harmonia_trial, data=fs, ctx=ctx),
@@ -144,7 +160,7 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
         with progress_bar(f"search {cfg.name}", s.num_samples, enabled=progress) as bar, relay_progress(bar) as advance:
             callbacks = [MlflowRunCloser(cfg.tracking.uri, exp_id), ProgressCallback(s.num_samples, s.metric, advance)]
             tuner = build_tuner(cfg, feature_sets, ctx, callbacks, resume)
-            with trial_actors_on_warm_workers(local=s.address is None):
+            with trial_actors_on_warm_workers(local=s.address is None), only_json_result_logger():
                 results = tuner.fit()
         status = "FINISHED"
         close_orphans(c, exp_id, search_run_id)

@@ -11,6 +11,7 @@ environment anyway, so both are dropped there; on a cluster nothing changes.
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -40,9 +41,11 @@ def trial_actors_on_warm_workers(local: bool) -> Iterator[bool]:
     import ray
     from ray.tune.execution import class_cache
 
-    started_env = _WORKER_ENV.get("env")
+    started = _WORKER_ENV.get("env")
     wanted = _tune_env_vars()
-    if not local or started_env is None or any(started_env.get(k) != v for k, v in wanted.items()):
+    ours = started is not None and _WORKER_ENV.get("session") == _session()  # not a later ray.init elsewhere
+    if not local or not ours or any(started.get(k) != v for k, v in wanted.items()) \
+            or not _PATCH_LOCK.acquire(blocking=False):  # a fit already running in this process keeps it
         yield False
         return
     original = class_cache._ActorClassCache.get
@@ -57,9 +60,21 @@ def trial_actors_on_warm_workers(local: bool) -> Iterator[bool]:
         yield True
     finally:
         class_cache._ActorClassCache.get = original
+        _PATCH_LOCK.release()
 
 
-_WORKER_ENV: dict[str, dict[str, str]] = {}
+_WORKER_ENV: dict[str, object] = {}
+_PATCH_LOCK = threading.Lock()
+
+
+def _session() -> str | None:
+    """The running Ray session's name (None without Ray): tells our local instance from a later one."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    node = getattr(ray._private.worker.global_worker, "node", None)  # the driver's node: its session folder
+    return getattr(node, "session_name", None)
 
 
 def init_local(num_cpus: int) -> None:
@@ -71,4 +86,4 @@ def init_local(num_cpus: int) -> None:
         os.environ.setdefault(k, v)
     ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _system_config=SYSTEM_CONFIG)
-    _WORKER_ENV["env"] = dict(os.environ)
+    _WORKER_ENV.update(env=dict(os.environ), session=_session())

@@ -44,3 +44,27 @@ def test_cluster_fit_keeps_tunes_actor_env(ray_local):
         assert not patched
         assert class_cache._ActorClassCache.get is original
     assert class_cache._ActorClassCache.get is original
+
+
+def test_nested_fits_patch_once_and_restore_tunes_method(ray_local):
+    from ray.tune.execution import class_cache
+
+    from harmonia.search.warm_workers import trial_actors_on_warm_workers
+
+    original = class_cache._ActorClassCache.get
+    with trial_actors_on_warm_workers(local=True) as outer:
+        with trial_actors_on_warm_workers(local=True) as inner:
+            assert outer and not inner
+        assert class_cache._ActorClassCache.get is not original  # the outer fit still has it
+    assert class_cache._ActorClassCache.get is original
+
+
+def test_tune_result_loggers_setting_is_restored_after_fit(monkeypatch):
+    import os
+
+    from harmonia.search.tuner import only_json_result_logger
+
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
+    with only_json_result_logger():
+        assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
