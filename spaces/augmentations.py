@@ -6,6 +6,15 @@ from harmonia.spaces.core import Space, SpaceError, SpacePart
 
 AUGMENTATION_SPACES: dict[str, SpacePart] = {}
 
+SEQUENCE_BREAKING = frozenset({"mixup", "mixup_lp", "extrapolation", "samplepairing", "tid"})
+"""Augmentations that put a second clip's events into a clip (or cut one out) while its labels stay
+the first clip's: harmless noise for tags, a wrong target for CTC on the ordered tags (task sequence)."""
+
+
+def augmentations_for(task: str | None) -> list[str]:
+    """The augmentations a task's search may switch on (sequence: none that breaks the event order)."""
+    return sorted(n for n in AUGMENTATION_SPACES if not (task == "sequence" and n in SEQUENCE_BREAKING))
+
 
 def register_augmentation_space(name: str):
     def deco(fn: SpacePart) -> SpacePart:

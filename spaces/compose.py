@@ -6,8 +6,8 @@ from typing import Any
 
 from harmonia.config import FeatureConfig
 from harmonia.spaces.architectures import ARCHITECTURE_SPACES, ARCHITECTURE_TASKS, architectures_for
-from harmonia.spaces.augmentations import (AUGMENTATION_SPACES, WAVEFORM_COPIES_PARAM, check_waveform_copies,
-                                           waveform_copies_space)
+from harmonia.spaces.augmentations import (AUGMENTATION_SPACES, WAVEFORM_COPIES_PARAM, augmentations_for,
+                                           check_waveform_copies, waveform_copies_space)
 from harmonia.spaces.core import RecordingTrial, Space, SpaceError
 from harmonia.spaces.features import FEATURE_KIND_PARAM, feature_kinds, features_space
 
@@ -44,7 +44,7 @@ class DefineByRun:
         arch = s.categorical("arch", architectures_for(self.task))
         ARCHITECTURE_SPACES[arch](s)
         training_space(s)
-        for name in sorted(AUGMENTATION_SPACES):
+        for name in augmentations_for(self.task):
             if s.bool(f"aug.{name}"):
                 AUGMENTATION_SPACES[name](s)
         waveform_copies_space(s, self.n_copies)
@@ -94,6 +94,11 @@ def validate_overrides(overrides: dict[str, Any], task: str | None = "tagging",
                                  f"{', '.join(architectures_for(task)) or 'none'}")
     if task is not None and not architectures_for(task):
         raise SpaceError(f"task {task!r}: no architecture supports it")
+    for name in sorted(set(AUGMENTATION_SPACES) - set(augmentations_for(task))):
+        value = overrides.get(f"aug.{name}")
+        if value is True or (isinstance(value, list) and True in value):
+            raise SpaceError(f"space.aug.{name}: augmentation {name!r} breaks the event order that task {task!r} "
+                             f"learns; augmentations for it: {', '.join(augmentations_for(task))}")
     # Walk every branch once with a recorder so each override's form is checked.
     for arch_name in ARCHITECTURE_SPACES:
         s = Space(RecordingTrial(), overrides)
