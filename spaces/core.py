@@ -90,7 +90,11 @@ def _choices(name: str, ov: Any, defaults: Sequence[Any]) -> list[Any]:
         raise SpaceError(f"space.{name}: a choice takes a value, a list, or {{choices: [...]}}")
     if not choices:
         raise SpaceError(f"space.{name}: empty choice list")
-    return list(choices)
+    unique: list[Any] = []
+    for c in choices:  # a repeated choice would weigh twice in the sampler
+        if c not in unique:
+            unique.append(c)
+    return unique
 
 
 class RecordingTrial:

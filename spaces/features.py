@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, get_args
 
 from harmonia.config import FEATURE_KIND_PARAM, FeatureConfig
-from harmonia.spaces.core import Space, SpaceError
+from harmonia.spaces.core import Space, SpaceError, _choices
 
 FEATURE_KIND_NAMES: tuple[str, ...] = get_args(FeatureConfig.model_fields["kind"].annotation)
 """The kinds `FeatureConfig.kind` accepts (each registered in `harmonia.features.FEATURE_KINDS`)."""
@@ -20,21 +20,12 @@ def feature_kinds(overrides: dict[str, Any] | None, default: str) -> list[str]:
     """The kinds trials can sample, in the override's order (just `default` when not overridden);
     an unknown kind or a malformed override raises SpaceError naming it and the valid kinds."""
     ov = (overrides or {}).get(FEATURE_KIND_PARAM)
-    if ov is None:
-        return [default]
-    if isinstance(ov, dict):
-        if set(ov) != {"choices"}:
-            raise SpaceError(f"space.{FEATURE_KIND_PARAM}: a choice takes a kind, a list, or {{choices: [...]}}; "
-                             f"valid kinds: {', '.join(FEATURE_KIND_NAMES)}")
-        ov = ov["choices"]
-    kinds = list(ov) if isinstance(ov, list) else [ov]
-    if not kinds:
-        raise SpaceError(f"space.{FEATURE_KIND_PARAM}: empty choice list")
+    kinds = [ov] if isinstance(ov, str) else _choices(FEATURE_KIND_PARAM, ov, [default])
     for k in kinds:
         if k not in FEATURE_KIND_NAMES:
             raise SpaceError(f"space.{FEATURE_KIND_PARAM}: unknown feature kind {k!r}; "
                              f"valid: {', '.join(FEATURE_KIND_NAMES)}")
-    return list(dict.fromkeys(kinds))
+    return kinds
 
 
 def features_space(s: Space, default: str) -> str:

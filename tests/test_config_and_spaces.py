@@ -166,3 +166,25 @@ def test_zoo_config_validates_with_two_feature_kinds_and_copies():
     cfg = load_config(ROOT / "configs/zoo.yaml")
     validate_overrides(cfg.space, cfg.task, cfg.features)
     assert cfg.space["features.kind"] == ["logmel", "mfcc"] and cfg.features.augmented_copies.n_copies == 2
+
+
+def test_repeated_choices_are_offered_once():
+    from harmonia.spaces import define_by_run
+
+    class Asked:
+        def __init__(self):
+            self.choices = {}
+
+        def suggest_categorical(self, name, choices):
+            self.choices[name] = list(choices)
+            return choices[0]
+
+        def suggest_float(self, name, low, high, log=False):
+            return low
+
+        def suggest_int(self, name, low, high, log=False):
+            return low
+
+    trial = Asked()
+    define_by_run({"arch": "crnn", "features.kind": ["logmel", "logmel", "mfcc"], "batch_size": [16, 16, 32]})(trial)
+    assert trial.choices["features.kind"] == ["logmel", "mfcc"] and trial.choices["batch_size"] == [16, 32]
