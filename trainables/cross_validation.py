@@ -300,10 +300,8 @@ def cv_member_files(trainer: CrossValidatedTrainer, state: dict[str, torch.Tenso
                     valid: tuple[np.ndarray, np.ndarray] | None, prefix: str = "") -> dict:
     """The artifacts of a cross-validated trial (see the module docstring) for fold weights `state`;
     `valid` are the OOF outputs over `trainer.pool`, recomputed when not given (after a restore)."""
-    from safetensors.torch import save as save_safetensors
-
     from harmonia import tracking
-    from harmonia.trainables.trial import _frames_npz, _write_parquet, member_config
+    from harmonia.trainables.artifacts import member_config, parquet_writer, prediction_files, weights_bytes
 
     data, pool = trainer.data, trainer.pool
     models = trainer.fold_models(state)
@@ -311,22 +309,16 @@ def cv_member_files(trainer: CrossValidatedTrainer, state: dict[str, torch.Tenso
     hop = data.hop_seconds * getattr(trainer.model, "time_pool", 1)
     config = {**member_config(trainer.params, data, epoch), "folds": trainer.folds,
               "fold_best_epochs": [t.best_epoch for t in trainer.trainers], "cv_seed": trainer.split_seed}
-    files = {f"{prefix}model/fold_{i}/{WEIGHTS_FILE}": save_safetensors(
-                 {k: v.detach().cpu().contiguous() for k, v in s.items()})
-             for i, s in enumerate(split_state(state))}
+    files = {f"{prefix}model/fold_{i}/{WEIGHTS_FILE}": weights_bytes(s) for i, s in enumerate(split_state(state))}
     files[f"{prefix}model/{CONFIG_FILE}"] = tracking.json_bytes(config)
     oof = tracking.predictions_frame(pool.clip_ids, oof_probs, data.classes)
     oof[FOLD_COLUMN] = trainer.fold.astype(np.int32)
-    files[f"{prefix}predictions/oof.parquet"] = _write_parquet(oof)
+    files[f"{prefix}predictions/oof.parquet"] = parquet_writer(oof)
     valid_rows = slice(trainer.n_train, len(pool.clip_ids))
-    valid_ids = pool.clip_ids[valid_rows]
-    files[f"{prefix}predictions/valid.parquet"] = _write_parquet(
-        tracking.predictions_frame(valid_ids, oof_probs[valid_rows], data.classes))
-    files[f"{prefix}predictions/valid_frames.npz"] = _frames_npz(valid_ids, oof_frames[valid_rows], hop)
+    files.update(prediction_files(prefix, "valid", pool.clip_ids[valid_rows], oof_probs[valid_rows],
+                                  oof_frames[valid_rows], data.classes, hop))
     if "test" in data.splits:
         test_probs, test_frames = trainer.predict("test", model=FoldAverage(models).eval())
-        test_ids = data.splits["test"].clip_ids
-        files[f"{prefix}predictions/test.parquet"] = _write_parquet(
-            tracking.predictions_frame(test_ids, test_probs, data.classes))
-        files[f"{prefix}predictions/test_frames.npz"] = _frames_npz(test_ids, test_frames, hop)
+        files.update(prediction_files(prefix, "test", data.splits["test"].clip_ids, test_probs, test_frames,
+                                      data.classes, hop))
     return files

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from dataclasses import dataclass
@@ -10,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as save_safetensors
 
 from harmonia import tracking
 from harmonia.featureset import FeatureSet, pick_feature_set
 from harmonia.trainables.cross_validation import CrossValidatedTrainer, cv_member_files, trainer_factory
+from harmonia.trainables.artifacts import member_config, prediction_files, weights_bytes
 from harmonia.trainables.snapshots import INDEX_FILE, SnapshotKeeper, snapshot_prefix
 from harmonia.trainables.training import Trainer
 
@@ -50,29 +49,6 @@ def scheduler_milestones(grace_period: int, reduction_factor: int, max_epochs: i
     return frozenset(out | {max_epochs})
 
 
-def member_config(params: dict, data: FeatureSet, best_epoch: int) -> dict:
-    """config.json of a trained model: everything needed to rebuild and run it on new audio."""
-    return {
-        "format": "harmonia.member/1",
-        "params": params,
-        "classes": data.classes,
-        "feature": data.feature,
-        "normalization": data.normalizer.to_dict(),
-        "frames": data.frames,
-        "best_epoch": best_epoch,
-    }
-
-
-def _write_parquet(df):
-    return lambda path: df.to_parquet(path, index=False)
-
-
-def _frames_npz(ids: list[str], frames: np.ndarray, hop: float) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, clip_id=np.asarray(ids, dtype=str), probs=frames.astype(np.float16), hop_seconds=hop)
-    return buf.getvalue()
-
-
 def member_files(trainer: Trainer, state: dict, epoch: int, valid: tuple[np.ndarray, np.ndarray] | None,
                  prefix: str = "") -> dict:
     """`{prefix}model/` (weights, config) and `{prefix}predictions/` (valid and test, clip and frame level)
@@ -81,20 +57,16 @@ def member_files(trainer: Trainer, state: dict, epoch: int, valid: tuple[np.ndar
         return cv_member_files(trainer, state, epoch, valid, prefix)
     data = trainer.data
     model = trainer.model_with(state)
-    test_probs, test_frames = trainer.predict("test", model=model) if "test" in data.splits else (None, None)
     valid_probs, valid_frames = valid or trainer.predict("valid", model=model)
     hop = data.hop_seconds * getattr(trainer.model, "time_pool", 1)
-    files = {
-        f"{prefix}model/model.safetensors": save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()}),
-        f"{prefix}model/config.json": tracking.json_bytes(member_config(trainer.params, data, epoch)),
-        f"{prefix}predictions/valid.parquet": _write_parquet(
-            tracking.predictions_frame(data.splits["valid"].clip_ids, valid_probs, data.classes)),
-        f"{prefix}predictions/valid_frames.npz": _frames_npz(data.splits["valid"].clip_ids, valid_frames, hop),
-    }
-    if test_probs is not None:
-        files[f"{prefix}predictions/test.parquet"] = _write_parquet(
-            tracking.predictions_frame(data.splits["test"].clip_ids, test_probs, data.classes))
-        files[f"{prefix}predictions/test_frames.npz"] = _frames_npz(data.splits["test"].clip_ids, test_frames, hop)
+    files = {f"{prefix}model/model.safetensors": weights_bytes(state),
+             f"{prefix}model/config.json": tracking.json_bytes(member_config(trainer.params, data, epoch)),
+             **prediction_files(prefix, "valid", data.splits["valid"].clip_ids, valid_probs, valid_frames,
+                                data.classes, hop)}
+    if "test" in data.splits:
+        test_probs, test_frames = trainer.predict("test", model=model)
+        files.update(prediction_files(prefix, "test", data.splits["test"].clip_ids, test_probs, test_frames,
+                                      data.classes, hop))
     return files
 
 
