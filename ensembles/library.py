@@ -186,7 +186,8 @@ def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True, 
                 else:
                     loaded.append((key, name, v, t))
     if skipped and progress:
-        console.print(f"[yellow]skipped {len(skipped)} runs:[/] " + "; ".join(f"{k[:8]}: {v}" for k, v in skipped.items()))
+        short = {k: k.partition("@")[0][:8] + "".join(k.partition("@")[1:]) for k in skipped}  # run id[:8]@epoch
+        console.print(f"[yellow]skipped {len(skipped)} members:[/] " + "; ".join(f"{short[k]}: {v}" for k, v in skipped.items()))
     if not loaded:
         raise LibraryError(f"experiment {experiment!r}: no finished trial run with usable predictions")
     lib = Library(
