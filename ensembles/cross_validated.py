@@ -23,20 +23,12 @@ import pandas as pd
 
 from harmonia import tracking
 from harmonia.ensembles.library import Library, LibraryError, _align, _read_table, member_source
-from harmonia.ensembles.methods import FittedEnsemble, _from_selection, register_method
+from harmonia.ensembles.methods import FittedEnsemble, _from_selection, register_method, uses_oof
 from harmonia.ensembles.selection import ensemble_selection
 from harmonia.metrics import Metric, get_metric
 
 OOF_FILE = "predictions/oof.parquet"
-OOF_METHODS = frozenset({"cv_selection"})
-"""Methods fitted on the library's out-of-fold predictions instead of valid."""
-
-
-def uses_oof(method: str) -> bool:
-    return method in OOF_METHODS
-
-
-@register_method("cv_selection")
+@register_method("cv_selection", fit_on="oof", sized=True)
 def fit_cv_selection(preds: np.ndarray, y: np.ndarray, metric: Metric, size: int = 50, **kwargs) -> FittedEnsemble:
     """Greedy selection with replacement on the predictions passed in: the stage passes the members'
     out-of-fold predictions of train ∪ valid (`fit_inputs`)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from typing import Literal
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,9 +113,22 @@ _COMBINERS: dict[str, Callable[[np.ndarray, np.ndarray, dict], np.ndarray]] = {
 METHODS: dict[str, Callable[..., FittedEnsemble]] = {}
 
 
-def register_method(name: str) -> Callable[[Callable[..., FittedEnsemble]], Callable[..., FittedEnsemble]]:
+@dataclass(frozen=True)
+class MethodInfo:
+    """How the stage calls a method: fitted on `valid` or on the out-of-fold predictions of train ∪ valid
+    (`oof`), and whether it takes the ensemble `size` (K greedy steps)."""
+
+    fit_on: Literal["valid", "oof"] = "valid"
+    sized: bool = False
+
+
+METHOD_INFO: dict[str, MethodInfo] = {}
+
+
+def register_method(name: str, *, fit_on: Literal["valid", "oof"] = "valid",
+                    sized: bool = False) -> Callable[[Callable[..., FittedEnsemble]], Callable[..., FittedEnsemble]]:
     """Decorator adding ``fn(preds [M, N, C], y [N, C], metric=..., **params) -> FittedEnsemble`` to
-    METHODS; the registered function accepts a metric name or a Metric."""
+    METHODS (and its `MethodInfo`); the registered function accepts a metric name or a Metric."""
 
     def deco(fn: Callable[..., FittedEnsemble]) -> Callable[..., FittedEnsemble]:
         @functools.wraps(fn)
@@ -122,9 +136,15 @@ def register_method(name: str) -> Callable[[Callable[..., FittedEnsemble]], Call
             return fn(np.asarray(preds), np.asarray(y), metric=get_metric(metric), **kwargs)
 
         METHODS[name] = method
+        METHOD_INFO[name] = MethodInfo(fit_on, sized)
         return method
 
     return deco
+
+
+def uses_oof(method: str) -> bool:
+    """Whether `method` is fitted on out-of-fold predictions instead of valid."""
+    return METHOD_INFO[method].fit_on == "oof"
 
 
 def fit_method(
@@ -194,14 +214,14 @@ def _from_selection(method: str, sel: Selection, metric: Metric, extra: dict) ->
     return FittedEnsemble(method, sel.weights, params, list(sel.curve))
 
 
-@register_method("selection")
+@register_method("selection", sized=True)
 def fit_selection(preds: np.ndarray, y: np.ndarray, metric: Metric, size: int = 50, **kwargs) -> FittedEnsemble:
     """Greedy selection with replacement from the best model (proceedings L2800-2808); see selection.py."""
     sel = ensemble_selection(preds, y, size=size, metric=metric, **kwargs)
     return _from_selection("selection", sel, metric, {"size": size})
 
 
-@register_method("bagged_selection")
+@register_method("bagged_selection", sized=True)
 def fit_bagged_selection(preds: np.ndarray, y: np.ndarray, metric: Metric, size: int = 50, bags: int = 20,
                          bag_fraction: float = 0.5, seed: int = 0, **kwargs) -> FittedEnsemble:
     """Selections on ``bags`` random halves of the library, weights averaged (Caruana et al. 2004)."""
@@ -317,7 +337,7 @@ def fit_stacking(preds: np.ndarray, y: np.ndarray, metric: Metric, top_k: int | 
     return FittedEnsemble("stacking", weights, params)
 
 
-@register_method("per_class_selection")
+@register_method("per_class_selection", sized=True)
 def fit_per_class_selection(preds: np.ndarray, y: np.ndarray, metric: Metric, size: int = 50,
                             shrink: float = 0.5, **kwargs) -> FittedEnsemble:
     """A selection per class (the metric on that class alone), shrunk towards the global selection:

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from harmonia import tracking
-from harmonia.ensembles.cross_validated import compare_oof, fit_inputs, uses_oof
+from harmonia.ensembles.cross_validated import compare_oof, fit_inputs
 from harmonia.ensembles.library import Library, collect
-from harmonia.ensembles.methods import FittedEnsemble, fit_method
+from harmonia.ensembles.methods import METHOD_INFO, FittedEnsemble, fit_method, uses_oof
 from harmonia.metrics import fit_thresholds, get_metric
 
 
@@ -77,12 +77,11 @@ def _weights_png(names: list[str], weights: np.ndarray):
     return write
 
 
-SIZED_METHODS = ("selection", "bagged_selection", "per_class_selection", "cv_selection")
 
 
 def _method_kwargs(method: str, size: int, top_k: int, extra: dict) -> dict:
     kwargs = dict(extra)
-    if method in SIZED_METHODS:
+    if METHOD_INFO[method].sized:
         kwargs.setdefault("size", size)
     return kwargs
 
