@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,7 +74,22 @@ def connect(address: str | None, num_cpus: int | None = None, timeout: float = 5
 
         init_local(num_cpus or os.cpu_count())
         return
-    ray.init(address=address, configure_logging=False, log_to_driver=False, **env)
+    for attempt in range(CLIENT_INIT_ATTEMPTS):
+        try:
+            ray.init(address=address, configure_logging=False, log_to_driver=False, **env)
+            return
+        except ConnectionAbortedError as err:  # the head's proxy could not start this driver's client server
+            if not address.startswith("ray://") or attempt == CLIENT_INIT_ATTEMPTS - 1:
+                raise ClusterError(f"--address {address}: the Ray Client server on the head failed to start a "
+                                   f"server for this driver {CLIENT_INIT_ATTEMPTS} times; see ray_client_server_*.err "
+                                   f"in the head's session logs. Last error: {err}") from None
+            ray.shutdown()  # drop the half-made client connection before the next attempt
+            time.sleep(2.0 * (attempt + 1))
+
+
+CLIENT_INIT_ATTEMPTS = 3
+"""The Ray Client's per-driver server on the head sometimes fails to start (seen once in CI); nothing has
+started yet then, so connecting again is safe."""
 
 
 def is_client() -> bool:

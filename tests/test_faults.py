@@ -89,3 +89,35 @@ def test_scheduler_milestones_are_where_asha_can_stop_a_trial():
     assert scheduler_milestones(3, 2, 12) == {3, 6, 12}
     assert scheduler_milestones(1, 2, 3) == {1, 2, 3}
     assert scheduler_milestones(5, 3, 5) == {5}
+
+
+def test_ray_client_init_is_retried_when_the_heads_client_server_fails_to_start(monkeypatch):
+    """A per-driver server that the head's Ray Client proxy fails to start (it happened once in CI; it
+    cannot be produced on demand, so `ray.init` is stood in for here) is retried, then a ClusterError."""
+    import socket
+
+    import ray
+
+    from harmonia.search import cluster
+
+    with socket.socket() as listener:  # a reachable "head" for the reachability check
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"ray://127.0.0.1:{listener.getsockname()[1]}"
+        calls = []
+
+        def flaky_init(**kwargs):
+            calls.append(kwargs["address"])
+            if len(calls) < 2:
+                raise ConnectionAbortedError("Initialization failure from server: Starting Ray client server failed")
+
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "shutdown", lambda: None)
+        monkeypatch.setattr(ray, "init", flaky_init)
+        monkeypatch.setattr(cluster.time, "sleep", lambda s: None)
+        cluster.connect(address)
+        assert calls == [address, address]
+        calls.clear()
+        monkeypatch.setattr(ray, "init", lambda **kw: (_ for _ in ()).throw(ConnectionAbortedError("down")))
+        with pytest.raises(ClusterError, match="failed to start a server for this driver 3 times"):
+            cluster.connect(address)
