@@ -27,32 +27,13 @@ BASE = {"arch": "crnn", "crnn.blocks": 2, "crnn.channels": 16, "crnn.gru_size": 
         "crnn.pooling": "attention", "lr": 3e-3, "batch_size": 32, "aug.mixup": False, "aug.tid": False}
 
 
-class _FirstChoice:
-    """An Optuna-like trial that takes the first choice / low end and remembers what it was asked."""
-
-    def __init__(self):
-        self.values: dict = {}
-
-    def _take(self, name, value):
-        self.values[name] = value
-        return value
-
-    def suggest_float(self, name, low, high, log=False):
-        return self._take(name, low)
-
-    def suggest_int(self, name, low, high, log=False):
-        return self._take(name, low)
-
-    def suggest_categorical(self, name, choices):
-        return self._take(name, choices[0])
-
-
 def pinned(base: dict) -> dict:
     """`base` plus every other parameter the space would sample, fixed (augmentations off): the search and
     the direct loop then train exactly the same configs."""
     from harmonia.spaces import define_by_run
+    from harmonia.spaces.core import RecordingTrial
 
-    trial = _FirstChoice()
+    trial = RecordingTrial()
     constants = define_by_run(base)(trial)
     return {**constants, **trial.values}
 

@@ -98,13 +98,22 @@ def _choices(name: str, ov: Any, defaults: Sequence[Any]) -> list[Any]:
 
 
 class RecordingTrial:
-    """A stand-in trial that picks the first choice / the low end, to list a part's parameter names."""
+    """A stand-in trial that picks the first choice / the low end and remembers what it was asked:
+    `values` (name → the value it took) and `choices` (name → the choices offered)."""
+
+    def __init__(self):
+        self.values: dict[str, Any] = {}
+        self.choices: dict[str, list[Any]] = {}
 
     def suggest_float(self, name, low, high, log=False):
+        self.values[name] = low
         return low
 
     def suggest_int(self, name, low, high, log=False):
+        self.values[name] = low
         return low
 
     def suggest_categorical(self, name, choices):
+        self.choices[name] = list(choices)
+        self.values[name] = choices[0]
         return choices[0]

@@ -171,20 +171,8 @@ def test_zoo_config_validates_with_two_feature_kinds_and_copies():
 def test_repeated_choices_are_offered_once():
     from harmonia.spaces import define_by_run
 
-    class Asked:
-        def __init__(self):
-            self.choices = {}
+    from harmonia.spaces.core import RecordingTrial
 
-        def suggest_categorical(self, name, choices):
-            self.choices[name] = list(choices)
-            return choices[0]
-
-        def suggest_float(self, name, low, high, log=False):
-            return low
-
-        def suggest_int(self, name, low, high, log=False):
-            return low
-
-    trial = Asked()
+    trial = RecordingTrial()
     define_by_run({"arch": "crnn", "features.kind": ["logmel", "logmel", "mfcc"], "batch_size": [16, 16, 32]})(trial)
     assert trial.choices["features.kind"] == ["logmel", "mfcc"] and trial.choices["batch_size"] == [16, 32]

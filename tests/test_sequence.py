@@ -310,26 +310,14 @@ def test_sequence_search_offers_no_augmentation_that_breaks_the_event_order():
     from harmonia.spaces.augmentations import AUGMENTATION_SPACES, SEQUENCE_BREAKING, augmentations_for
     from harmonia.spaces.core import SpaceError
 
-    class Asked:
-        def __init__(self):
-            self.names = []
+    from harmonia.spaces.core import RecordingTrial
 
-        def suggest_categorical(self, name, choices):
-            self.names.append(name)
-            return choices[-1]  # switch every offered augmentation on
-
-        def suggest_float(self, name, low, high, log=False):
-            return low
-
-        def suggest_int(self, name, low, high, log=False):
-            return low
-
-    seq, tag = Asked(), Asked()
+    seq, tag = RecordingTrial(), RecordingTrial()
     define_by_run({}, task="sequence")(seq)
     define_by_run({}, task="tagging")(tag)
-    assert not {f"aug.{a}" for a in SEQUENCE_BREAKING} & set(seq.names)
-    assert {f"aug.{a}" for a in AUGMENTATION_SPACES} <= set(tag.names)
-    assert "aug.specaugment" in seq.names and "aug.chunkmix" in seq.names
+    assert not {f"aug.{a}" for a in SEQUENCE_BREAKING} & set(seq.choices)
+    assert {f"aug.{a}" for a in AUGMENTATION_SPACES} <= set(tag.choices)
+    assert "aug.specaugment" in seq.choices and "aug.chunkmix" in seq.choices
     assert set(augmentations_for("sequence")) == set(AUGMENTATION_SPACES) - SEQUENCE_BREAKING
     with pytest.raises(SpaceError, match="space.aug.mixup: augmentation 'mixup' breaks the event order"):
         validate_overrides({"aug.mixup": True}, "sequence")
