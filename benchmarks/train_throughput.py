@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from harmonia.config import FeatureConfig
-from harmonia.datasets import load_dataset
+from harmonia.data.datasets import load_dataset
 from harmonia.featureset import FeatureSet, build_feature_set
-from harmonia.synth import synthesize
+from harmonia.data.synth import synthesize
 from harmonia.trainables.architectures import ARCHITECTURES, build_model
 from harmonia.trainables.training import Trainer
 

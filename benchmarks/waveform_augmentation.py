@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from harmonia.config import FeatureConfig
-from harmonia.datasets import load_dataset
+from harmonia.data.datasets import load_dataset
 from harmonia.features import FeatureCache, extract, wave_copies
 from harmonia.featureset import build_feature_set
-from harmonia.synth import synthesize
+from harmonia.data.synth import synthesize
 
 COPIES = {"pitch_shift_semitones": [-2, -1, 1, 2], "time_stretch_rates": [0.9, 0.95, 1.05, 1.1]}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harmonia.audio import load_audio
+from harmonia.data.audio import load_audio
 from harmonia.config import FeatureConfig
 from harmonia.ensembles.bundle import Bundle, read_bundle
 from harmonia.ensembles.methods import FittedEnsemble

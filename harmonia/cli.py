@@ -52,7 +52,7 @@ def data_synth(out: Path, clips: int = typer.Option(600, min=3), seconds: float 
                scenes: int = typer.Option(10, min=2, max=10, help="task scene: how many of the ten DCASE 2018 scenes")):
     """Generate a deterministic synthetic dataset in OUT: sound events (DCASE task 4) or scenes (2018 task 1)."""
     from harmonia.config import TASKS
-    from harmonia.synth import synthesize, synthesize_scenes
+    from harmonia.data.synth import synthesize, synthesize_scenes
 
     if task not in TASKS:
         fail(f"--task: unknown {task!r}; valid: {', '.join(TASKS)}")
@@ -71,7 +71,7 @@ def data_synth(out: Path, clips: int = typer.Option(600, min=3), seconds: float 
 @data_app.command("check")
 def data_check(root: Path, sample_rate: Optional[int] = None):
     """Validate audio and metadata; report every problem with file and line, then a summary."""
-    from harmonia.data_check import check_dataset
+    from harmonia.data.data_check import check_dataset
 
     report = check_dataset(root, sample_rate=sample_rate)
     report.render(console)
@@ -129,8 +129,8 @@ def _apply(cfg: HarmoniaConfig, address, num_samples, name) -> HarmoniaConfig:
 
 def _guard(fn):
     """Run a stage; known input errors print one clear line instead of a traceback."""
-    from harmonia.audio import AudioError
-    from harmonia.datasets import DatasetError
+    from harmonia.data.audio import AudioError
+    from harmonia.data.datasets import DatasetError
     from harmonia.ensembles.bundle import BundleError
     from harmonia.ensembles.library import LibraryError
     from harmonia.search.cluster import ClusterError

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 
-from harmonia.audio import load_audio
+from harmonia.data.audio import load_audio
 from harmonia.config import AugmentedCopiesConfig, FeatureConfig
 from harmonia.progress import progress_bar
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from harmonia.config import FEATURE_KIND_PARAM, FeatureConfig
-from harmonia.datasets import Dataset
+from harmonia.data.datasets import Dataset
 from harmonia.features import FeatureCache, Normalizer, WaveCopy, stack_frames, wave_copies
 
 SPLITS = ("train", "valid", "test")
@@ -199,9 +199,9 @@ def load_data(cfg, progress: bool = True) -> Dataset:
     task 1 scenes for task scene), validated; a dataset without the task's labels is refused."""
     from pathlib import Path
 
-    from harmonia.datasets import check_task_data, load_dataset
-    from harmonia.scenes import is_scene_dataset
-    from harmonia.synth import synthesize, synthesize_scenes
+    from harmonia.data.datasets import check_task_data, load_dataset
+    from harmonia.data.scenes import is_scene_dataset
+    from harmonia.data.synth import synthesize, synthesize_scenes
 
     root = Path(cfg.data.root)
     task = getattr(cfg, "task", "tagging")

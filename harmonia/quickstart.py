@@ -17,7 +17,7 @@ def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
     from harmonia.ensembles.bundle import export_bundle, register_model
     from harmonia.ensembles.predictor import EnsemblePredictor
     from harmonia.search.tuner import print_trials, run_search
-    from harmonia.datasets import load_dataset
+    from harmonia.data.datasets import load_dataset
     from harmonia.ensembles.stage import build_ensemble
 
     t0 = time.time()

@@ -122,8 +122,8 @@ def test_bad_config_is_refused_naming_the_key(clean, tmp_path, extra, raw, expec
 def test_mixed_sample_rates_are_resampled_not_refused(clean, tmp_path):
     import numpy as np
 
-    from harmonia.audio import audio_info, load_audio, write_wav
-    from harmonia.data_check import check_dataset
+    from harmonia.data.audio import audio_info, load_audio, write_wav
+    from harmonia.data.data_check import check_dataset
 
     base, cfg = clean
     root = tmp_path / "data"

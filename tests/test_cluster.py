@@ -144,7 +144,7 @@ def test_search_on_two_node_cluster_with_tracking_server(cluster, server, shared
     from typer.testing import CliRunner
 
     from harmonia.cli import app
-    from harmonia.datasets import load_dataset
+    from harmonia.data.datasets import load_dataset
 
     assert set(cluster.raylets()) == {0, 1}, "runs before the fault-2 test, which kills the worker node"
     t0 = time.monotonic()

@@ -12,7 +12,7 @@ import torch
 
 from harmonia import tracking
 from harmonia.config import ConfigError, parse_config
-from harmonia.datasets import load_dataset
+from harmonia.data.datasets import load_dataset
 from harmonia.metrics import get_metric, mean_average_precision
 from harmonia.trainables.cross_validation import (CrossValidatedTrainer, cv_member_files, fold_assignment,
                                                   load_member_model)

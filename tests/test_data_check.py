@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 from rich.console import Console
 
-from harmonia.audio import AudioError, audio_info, load_audio, write_wav
-from harmonia.data_check import CheckReport, Problem, check_dataset
-from harmonia.datasets import DatasetError, load_dataset
-from harmonia.synth import CLASSES, synthesize
+from harmonia.data.audio import AudioError, audio_info, load_audio, write_wav
+from harmonia.data.data_check import CheckReport, Problem, check_dataset
+from harmonia.data.datasets import DatasetError, load_dataset
+from harmonia.data.synth import CLASSES, synthesize
 
 TRAIN = "metadata/train.tsv"
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harmonia.audio import write_wav
-from harmonia.datasets import CLIP_COLUMNS, EVENT_COLUMNS, DatasetError, load_dataset
-from harmonia.synth import CLASSES, synthesize
+from harmonia.data.audio import write_wav
+from harmonia.data.datasets import CLIP_COLUMNS, EVENT_COLUMNS, DatasetError, load_dataset
+from harmonia.data.synth import CLASSES, synthesize
 
 SPLITS = ("train", "valid", "test")
 

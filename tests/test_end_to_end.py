@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from harmonia import tracking
-from harmonia.datasets import load_dataset
+from harmonia.data.datasets import load_dataset
 
 
 def _trial_runs(cfg):

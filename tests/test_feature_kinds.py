@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harmonia import tracking
-from harmonia.datasets import load_dataset
+from harmonia.data.datasets import load_dataset
 from tests.conftest import tiny_config
 
 KINDS = ("logmel", "mfcc")

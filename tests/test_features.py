@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harmonia.audio import load_audio, write_wav
+from harmonia.data.audio import load_audio, write_wav
 from harmonia.config import FEATURE_KIND_FIELDS, FEATURE_WIDTH_FIELD, FeatureConfig, parse_config
-from harmonia.datasets import Dataset
+from harmonia.data.datasets import Dataset
 from harmonia.features import (FEATURE_KINDS, FeatureCache, WaveCopy, extract, logmel, nn_filter_np,
                                wave_copies)
 from harmonia.featureset import build_feature_set, frame_targets

@@ -200,7 +200,7 @@ def history(c, run_id: str, key: str = "valid_mAP") -> list:
 @pytest.fixture(scope="module")
 def shared_data(tmp_path_factory) -> Path:
     """One synthesized dataset (60 clips of 2 s) and feature cache for every search of the module."""
-    from harmonia.synth import synthesize
+    from harmonia.data.synth import synthesize
 
     base = tmp_path_factory.mktemp("data")
     synthesize(base / "data", clips=60, seconds=2.0, seed=1, progress=False)

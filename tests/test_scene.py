@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from harmonia.data_check import check_dataset
-from harmonia.datasets import CLIP_COLUMNS, DatasetError, load_dataset
-from harmonia.scenes import split_by_location
-from harmonia.synth import SCENE_PROFILES, synthesize_scenes
+from harmonia.data.data_check import check_dataset
+from harmonia.data.datasets import CLIP_COLUMNS, DatasetError, load_dataset
+from harmonia.data.scenes import split_by_location
+from harmonia.data.synth import SCENE_PROFILES, synthesize_scenes
 
 SCENES = tuple(SCENE_PROFILES)[:5]
 
@@ -270,7 +270,7 @@ def test_log_loss_as_the_metric_keeps_the_lowest(scene_data):
 def test_prepare_refuses_a_dataset_without_the_task_labels(small_root: Path, tmp_path: Path):
     from harmonia.config import parse_config
     from harmonia.featureset import prepare
-    from harmonia.synth import synthesize
+    from harmonia.data.synth import synthesize
 
     task4 = synthesize(tmp_path / "task4", clips=20, seconds=1.0, seed=0, events_per_clip=(2, 3))
     for root, task, text in ((task4, "scene", "exactly one label per clip"),

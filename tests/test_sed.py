@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harmonia.datasets import load_dataset
+from harmonia.data.datasets import load_dataset
 
 
 def test_pool_frame_targets_takes_the_max_over_each_window():

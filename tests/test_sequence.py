@@ -209,7 +209,7 @@ def _n_orders(seq: list[int]) -> int:
 def seq_data(tmp_path_factory):
     from harmonia.config import parse_config
     from harmonia.featureset import prepare
-    from harmonia.synth import synthesize
+    from harmonia.data.synth import synthesize
 
     base = tmp_path_factory.mktemp("seq")
     cfg = parse_config({"task": "sequence", "search": {"metric": "seq_acc"},

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harmonia import tracking
-from harmonia.datasets import load_dataset
+from harmonia.data.datasets import load_dataset
 from harmonia.trainables.snapshots import INDEX_FILE, SnapshotKeeper, snapshot_prefix
 from tests.conftest import tiny_config
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from harmonia.datasets import load_dataset
-from harmonia.synth import CLASSES, EVENT_SECONDS, synthesize
+from harmonia.data.datasets import load_dataset
+from harmonia.data.synth import CLASSES, EVENT_SECONDS, synthesize
 
 SPLITS = ("train", "valid", "test")
 CLIPS, SECONDS, SR = 30, 2.0, 16000

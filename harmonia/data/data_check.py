@@ -1,7 +1,7 @@
 """Validation of DCASE task-4 style datasets: metadata rows, audio headers, labels and times.
 
 `scan_dataset` parses everything once and records every problem with its file and line;
-`check_dataset` returns the report and `harmonia.datasets.load_dataset` builds its tables
+`check_dataset` returns the report and `harmonia.data.datasets.load_dataset` builds its tables
 from the same scan, so the rules live in one place.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Literal
 
-from harmonia.audio import AudioError, audio_info
+from harmonia.data.audio import AudioError, audio_info
 
 SPLIT_NAMES: dict[str, str] = {"train": "train", "valid": "valid", "validation": "valid", "test": "test"}
 SPLIT_ORDER: tuple[str, ...] = ("train", "valid", "test")
@@ -455,9 +455,9 @@ def _summarize(clips: dict[str, ClipRecord], classes: list[str]) -> Summary:
 def scan_dataset(root: str | Path, sample_rate: int | None = None) -> Scan:
     """Parse metadata and audio headers once, recording every problem with file and line.
 
-    A DCASE 2018 task 1 folder (meta.csv, evaluation_setup/) is scanned by `harmonia.scenes`.
+    A DCASE 2018 task 1 folder (meta.csv, evaluation_setup/) is scanned by `harmonia.data.scenes`.
     """
-    from harmonia.scenes import is_scene_dataset, scan_scene_dataset
+    from harmonia.data.scenes import is_scene_dataset, scan_scene_dataset
 
     root = Path(root)
     if root.is_dir() and is_scene_dataset(root):

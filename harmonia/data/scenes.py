@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harmonia.data_check import (CheckReport, ClipRecord, Scan, Summary, _check_audio, _Collector, _read_lines,
+from harmonia.data.data_check import (CheckReport, ClipRecord, Scan, Summary, _check_audio, _Collector, _read_lines,
                                  _read_tsv, _safe_filename)
 
 META_FILE = "meta.csv"
@@ -225,7 +225,7 @@ def scene_tables(scan: SceneScan):
     scene label, `sequence` empty, plus an `identifier` column (the recording location); no events."""
     import pandas as pd
 
-    from harmonia.datasets import CLIP_COLUMNS, EVENT_COLUMNS
+    from harmonia.data.datasets import CLIP_COLUMNS, EVENT_COLUMNS
 
     order = {s: i for i, s in enumerate(("train", "valid", "test"))}
     usable = sorted((c for c in scan.clips.values() if c.audio_ok), key=lambda c: (order[c.split], c.filename))

@@ -1,5 +1,5 @@
 """Loader for DCASE task-4 style datasets (strong, weak or both) and DCASE 2018 task 1 scene datasets
-(`harmonia.scenes`) into the Dataset contract tables."""
+(`harmonia.data.scenes`) into the Dataset contract tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harmonia.data_check import SPLIT_NAMES, SPLIT_ORDER, ClipRecord, Problem, Scan, clip_tags, scan_dataset
+from harmonia.data.data_check import SPLIT_NAMES, SPLIT_ORDER, ClipRecord, Problem, Scan, clip_tags, scan_dataset
 
 CLIP_COLUMNS: tuple[str, ...] = ("clip_id", "path", "split", "duration", "tags", "sequence")
 EVENT_COLUMNS: tuple[str, ...] = ("clip_id", "onset", "offset", "event_label")
@@ -107,7 +107,7 @@ def load_dataset(root: str | Path, strict: bool = True, sample_rate: int | None 
 
     Non-strict drops what is broken (unreadable clips, malformed or invalid rows) and keeps the rest.
     """
-    from harmonia.scenes import SceneScan, scene_tables
+    from harmonia.data.scenes import SceneScan, scene_tables
 
     scan = scan_dataset(root, sample_rate)
     errors = scan.report.errors

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from scipy.signal import fftconvolve
 
-from harmonia.audio import write_wav
+from harmonia.data.audio import write_wav
 
 CLASSES: tuple[str, ...] = (
     "beep", "whistle", "chirp", "siren", "knock",
