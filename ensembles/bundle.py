@@ -63,6 +63,51 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def check_export_dir(out: str | Path, force: bool) -> None:
+    """Refuse an `out` that exists and is not an empty folder, unless `force` (then export replaces it)."""
+    out = Path(out)
+    if not out.exists() or force:
+        return
+    if not out.is_dir():
+        raise BundleError(f"{out}: exists and is not a folder; choose another OUT, or pass --force to replace it")
+    entries = sorted(p.name for p in out.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise BundleError(f"{out}: not empty ({shown}); export writes a fresh bundle folder: choose another OUT, "
+                          "or pass --force to replace its contents")
+
+
+def _ensemble_runs_hint(c, experiment_ids: list[str]) -> str:
+    """Where to find ensemble runs: up to three ids here, and how to list them all."""
+    flt = f"tags.`{tracking.KIND_TAG}` = 'ensemble'"
+    runs = tracking.retry(lambda: c.search_runs(experiment_ids, filter_string=flt, max_results=3,
+                                                order_by=["attributes.start_time DESC"])) if experiment_ids else []
+    some = ", ".join(f"{r.info.run_id} ({r.info.run_name})" for r in runs) or "none yet (harmonia ensemble -e NAME)"
+    return (f"ensemble runs: {some}; list them all in `mlflow ui` with the filter "
+            f"tags.{tracking.KIND_TAG} = 'ensemble'")
+
+
+def check_ensemble_run(uri: str, run_id: str) -> None:
+    """One-line BundleError when `run_id` is not an ensemble run: unknown, a trial or a search run."""
+    from mlflow.exceptions import MlflowException
+
+    c = tracking.client(uri)
+    try:
+        run = c.get_run(run_id)
+    except MlflowException:
+        exps = [e.experiment_id for e in tracking.retry(lambda: c.search_experiments())]
+        raise BundleError(f"--run {run_id}: no run with this id in {tracking.mask_uri(uri)}; "
+                          f"{_ensemble_runs_hint(c, exps)}") from None
+    kind = run.data.tags.get(tracking.KIND_TAG)
+    if kind == "ensemble":
+        return
+    what = {"trial": "a trial run", "search": "a search run"}.get(kind, f"a run that harmonia did not make "
+                                                                       f"(tag {tracking.KIND_TAG}={kind!r})")
+    exp = c.get_experiment(run.info.experiment_id)
+    raise BundleError(f"--run {run_id}: {what} of experiment {exp.name}, not an ensemble run; "
+                      f"{_ensemble_runs_hint(c, [run.info.experiment_id])}")
+
+
 def export_bundle(uri: str, ensemble_run_id: str, out: str | Path, name: str | None = None) -> Path:
     """Download the ensemble spec and its members' weights from MLflow into `out/`; returns the folder."""
     out = Path(out)
@@ -124,15 +169,48 @@ def read_bundle(path: str | Path) -> Bundle:
         first = err.errors()[0]
         raise BundleError(f"{spec_file}: invalid bundle at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     for m in bundle.members:
-        mdir = (path / m.path).resolve()
-        if path.resolve() not in mdir.parents:
-            raise BundleError(f"{spec_file}: member path {m.path!r} escapes the bundle")
-        for f, digest in m.sha256.items():
-            if not (mdir / f).is_file():
-                raise BundleError(f"{mdir / f}: missing member file")
-            if sha256(mdir / f) != digest:
-                raise BundleError(f"{mdir / f}: hash mismatch, the file was modified after export")
+        check_member_files(path, spec_file, m)
     return bundle
+
+
+def _inside(root: Path, target: Path) -> bool:
+    return target == root or root in target.parents
+
+
+def check_member_files(path: Path, spec_file: Path, m: BundleMember) -> None:
+    """Every file the predictor reads for member `m` (config.json and the weights it names) is listed in
+    its `sha256` map, lies inside the bundle and matches its hash; anything else is a BundleError."""
+    root = path.resolve()
+    mdir = (path / m.path).resolve()
+    if not _inside(root, mdir) or mdir == root:
+        raise BundleError(f"{spec_file}: member path {m.path!r} escapes the bundle")
+    for f in m.sha256:
+        if not _inside(mdir, (mdir / f).resolve()) or Path(f).is_absolute():
+            raise BundleError(f"{spec_file}: member {m.run_id}: hashed file {f!r} resolves outside its folder "
+                              f"{m.path}")
+
+    def verified(f: str) -> Path:
+        if f not in m.sha256:
+            raise BundleError(f"{spec_file}: member {m.run_id}: {f} is read by the loader but not listed in its "
+                              "sha256 map; re-export the bundle with `harmonia export`")
+        target = mdir / f
+        if not target.is_file():
+            raise BundleError(f"{target}: missing member file")
+        if sha256(target) != m.sha256[f]:
+            raise BundleError(f"{target}: hash mismatch, the file was modified after export")
+        return target
+
+    try:
+        cfg = json.loads(verified("config.json").read_text())
+        needed = member_weight_files(cfg)
+    except BundleError:
+        raise
+    except (AttributeError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise BundleError(f"{mdir / 'config.json'}: not a member config: {err}") from None
+    for f in needed:
+        verified(f)
+    for f in sorted(set(m.sha256) - {"config.json", *needed}):
+        verified(f)  # listed files the loader does not read must still be intact
 
 
 def register_model(uri: str, bundle_dir: str | Path, ensemble_run_id: str, model_name: str) -> str:

@@ -2,7 +2,7 @@
 
 Trials run with `train.cv_folds: k >= 2` (trainables/cross_validation.py) log
 `predictions/oof.parquet`: a prediction for every clip of train ∪ valid from the fold model that did
-not train on it. `add_oof` puts them in the library (`Library.oof`, with `oof_ids` and `y_oof` from the
+not train on it. `library.add_oof` puts them in the library (`Library.oof`, with `oof_ids` and `y_oof` from the
 search run's `labels/train.parquet` + `labels/valid.parquet`) when every member has them.
 
 `cv_selection` is greedy selection with replacement (selection.py, the same code as `selection`)
@@ -16,24 +16,24 @@ are only ever scored.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 
-from harmonia import tracking
-from harmonia.ensembles.library import Library, LibraryError, _align, _read_table, member_source
-from harmonia.ensembles.methods import FittedEnsemble, _from_selection, register_method, uses_oof
+from harmonia.ensembles.library import Library, LibraryError
+from harmonia.ensembles.greedy import from_selection
+from harmonia.ensembles.registry import FittedEnsemble, register_method, uses_oof
 from harmonia.ensembles.selection import ensemble_selection
 from harmonia.metrics import Metric, get_metric
 
-OOF_FILE = "predictions/oof.parquet"
-@register_method("cv_selection", fit_on="oof", sized=True)
+
+
+@register_method("cv_selection", fit_on="oof", sized=True, complexity=3)
 def fit_cv_selection(preds: np.ndarray, y: np.ndarray, metric: Metric, size: int = 50, **kwargs) -> FittedEnsemble:
     """Greedy selection with replacement on the predictions passed in: the stage passes the members'
     out-of-fold predictions of train ∪ valid (`fit_inputs`)."""
     sel = ensemble_selection(preds, y, size=size, metric=metric, **kwargs)
-    return _from_selection("cv_selection", sel, metric, {"size": size, "fitted_on": "oof", "clips": int(y.shape[0])})
+    return from_selection("cv_selection", sel, metric, {"size": size, "fitted_on": "oof", "clips": int(y.shape[0])})
 
 
 def fit_inputs(lib: Library, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -69,37 +69,3 @@ def compare_oof(lib: Library, fitted: FittedEnsemble, metric: str, top_k: int) -
                      "valid": score(lib.y_valid, combine(lib.valid)),
                      "test": score(lib.y_test, combine(lib.test)) if has_test else float("nan"), "members": n})
     return pd.DataFrame(rows).set_index("model")
-
-
-def add_oof(lib: Library, uri: str, search_run_id: str) -> Library:
-    """Set `lib.oof` / `oof_ids` / `y_oof` when the search logged train labels and every member logged
-    out-of-fold predictions of all train ∪ valid clips; otherwise `lib.oof_note` says why not."""
-    try:
-        y_train = _read_table(uri, search_run_id, "labels/train.parquet")
-    except Exception:  # noqa: BLE001 - a search without cross-validated trials logs no train labels
-        lib.oof_note = "the search run has no labels/train.parquet (its trials were not cross-validated)"
-        return lib
-    ids = list(y_train["clip_id"].astype(str)) + list(lib.valid_ids)
-    y = np.concatenate([y_train[lib.classes].to_numpy(np.float32), lib.y_valid])
-    c = tracking.client(uri)
-
-    def load(key: str) -> tuple[np.ndarray | None, str]:
-        run_id, prefix = member_source(key)
-        names = {a.path for a in tracking.retry(lambda: c.list_artifacts(run_id, f"{prefix}predictions"))}
-        if f"{prefix}{OOF_FILE}" not in names:
-            return None, "no predictions/oof.parquet (trained without train.cv_folds)"
-        try:
-            p = _align(_read_table(uri, run_id, f"{prefix}{OOF_FILE}"), ids, lib.classes, f"member {key} oof")
-        except Exception as err:  # noqa: BLE001 - reported in the note
-            return None, f"{type(err).__name__}: {err}"
-        return (p, "") if np.isfinite(p).all() else (None, "non-finite out-of-fold predictions")
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        loaded = list(pool.map(load, lib.run_ids))
-    missing = [(name, why) for name, (p, why) in zip(lib.run_names, loaded) if p is None]
-    if missing:
-        lib.oof_note = (f"{len(missing)} of {len(lib.run_ids)} members have no usable out-of-fold predictions, e.g. "
-                        + "; ".join(f"{n}: {w}" for n, w in missing[:3]))
-        return lib
-    lib.oof_ids, lib.y_oof, lib.oof = ids, y, np.stack([p for p, _ in loaded])
-    return lib

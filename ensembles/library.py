@@ -15,6 +15,10 @@ from harmonia.progress import console, progress_bar
 from harmonia.trainables.snapshots import INDEX_FILE, snapshot_prefix
 
 
+GROUPS_FILE = "labels/groups.parquet"
+"""On the search run: clip_id, split, group (which clips share a source recording) for every split."""
+
+
 class LibraryError(RuntimeError):
     """No usable runs, or the runs do not agree with the labels; says which experiment and why."""
 
@@ -52,6 +56,9 @@ class Library:
     y_oof: np.ndarray | None = None  # [N_oof, C]
     oof: np.ndarray | None = None  # [M, N_oof, C]; set only when every member logged predictions/oof.parquet
     oof_note: str = ""  # why `oof` is None
+    groups: dict[str, str] | None = None  # clip id -> source group (labels/groups.parquet); None: unknown
+    duplicates: dict[str, list[str]] | None = None  # kept member -> members collapsed into it (same predictions)
+    n_read: int = 0  # members read before duplicates were collapsed
 
 
 def _read_frames(uri: str, key: str, split: str, ids: list[str], base_hop: float, n_frames: int) -> np.ndarray:
@@ -72,7 +79,7 @@ def load_sed(lib: "Library", uri: str, search_run_id: str, durations: float | No
     try:
         with tempfile.TemporaryDirectory() as tmp:
             hop = json.loads(download(uri, search_run_id, "labels/hop_seconds.json", tmp).read_text())["hop_seconds"]
-        events = {s: _read_table(uri, search_run_id, f"labels/{s}_events.parquet") for s in ("valid", "test")}
+        events = {s: read_table(uri, search_run_id, f"labels/{s}_events.parquet") for s in ("valid", "test")}
     except Exception:  # noqa: BLE001 - a weak-label dataset has no events: not a SED library
         return lib
     run_id, prefix = member_source(lib.run_ids[0])
@@ -94,12 +101,12 @@ def download(uri: str, run_id: str, path: str, dst: str) -> Path:
         run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=uri)))
 
 
-def _read_table(uri: str, run_id: str, path: str) -> pd.DataFrame:
+def read_table(uri: str, run_id: str, path: str) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         return pd.read_parquet(download(uri, run_id, path, tmp))
 
 
-def _align(df: pd.DataFrame, ids: list[str], classes: list[str], what: str) -> np.ndarray:
+def align(df: pd.DataFrame, ids: list[str], classes: list[str], what: str) -> np.ndarray:
     missing = [c for c in classes if c not in df.columns]
     if missing:
         raise LibraryError(f"{what}: missing class columns {missing}")
@@ -108,6 +115,40 @@ def _align(df: pd.DataFrame, ids: list[str], classes: list[str], what: str) -> n
     if absent:
         raise LibraryError(f"{what}: {len(absent)} clips missing, e.g. {sorted(absent)[:3]}")
     return df.loc[ids, classes].to_numpy(np.float32)
+
+
+def collapse_duplicates(loaded: list[tuple]) -> tuple[list[tuple], dict[str, list[str]]]:
+    """Members (key, name, valid, test) with bit-identical valid and test predictions collapsed into the first:
+    a search rerun with the same seed into the same experiment would otherwise weigh one model twice."""
+    import hashlib
+
+    first: dict[str, tuple] = {}
+    dupes: dict[str, list[str]] = {}
+    for member in loaded:
+        key, name, v, t = member
+        digest = hashlib.sha256(np.ascontiguousarray(v).tobytes()
+                                + (b"" if t is None else np.ascontiguousarray(t).tobytes())).hexdigest()
+        if digest in first:
+            dupes.setdefault(first[digest][0], []).append(name)
+        else:
+            first[digest] = member
+    return list(first.values()), dupes
+
+
+def read_groups(uri: str, search_run_id: str) -> dict[str, str] | None:
+    """clip id -> source group from the search run's labels/groups.parquet; None for searches that logged none."""
+    try:
+        g = read_table(uri, search_run_id, GROUPS_FILE)
+    except Exception:  # noqa: BLE001 - searches before groups were logged
+        return None
+    return dict(zip(g["clip_id"].astype(str), g["group"].astype(str)))
+
+
+def clip_groups(lib: "Library", ids: list[str]) -> np.ndarray | None:
+    """Groups of `ids` (None when the library has none or some clip lacks one)."""
+    if lib.groups is None or any(c not in lib.groups for c in ids):
+        return None
+    return np.asarray([lib.groups[c] for c in ids])
 
 
 def latest_search_run(uri: str, experiment_id: str):
@@ -147,11 +188,11 @@ def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True, 
     if exp is None:
         raise LibraryError(f"no MLflow experiment named {experiment!r} at {tracking.mask_uri(uri)}")
     search = latest_search_run(uri, exp.experiment_id)
-    yv = _read_table(uri, search.info.run_id, "labels/valid.parquet")
+    yv = read_table(uri, search.info.run_id, "labels/valid.parquet")
     classes = [col for col in yv.columns if col != "clip_id"]
     valid_ids = list(yv["clip_id"].astype(str))
     try:
-        yt = _read_table(uri, search.info.run_id, "labels/test.parquet")
+        yt = read_table(uri, search.info.run_id, "labels/test.parquet")
         test_ids = list(yt["clip_id"].astype(str))
     except Exception:  # noqa: BLE001 - a dataset without a test split
         yt, test_ids = None, []
@@ -162,8 +203,8 @@ def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True, 
         key, _ = member
         rid, prefix = member_source(key)
         try:
-            v = _align(_read_table(uri, rid, f"{prefix}predictions/valid.parquet"), valid_ids, classes, f"member {key} valid")
-            t = (_align(_read_table(uri, rid, f"{prefix}predictions/test.parquet"), test_ids, classes, f"member {key} test")
+            v = align(read_table(uri, rid, f"{prefix}predictions/valid.parquet"), valid_ids, classes, f"member {key} valid")
+            t = (align(read_table(uri, rid, f"{prefix}predictions/test.parquet"), test_ids, classes, f"member {key} test")
                  if yt is not None else None)
         except Exception as err:  # noqa: BLE001 - one bad run must not sink the ensemble
             return key, None, None, f"{type(err).__name__}: {err}"
@@ -190,6 +231,15 @@ def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True, 
         console.print(f"[yellow]skipped {len(skipped)} members:[/] " + "; ".join(f"{short[k]}: {v}" for k, v in skipped.items()))
     if not loaded:
         raise LibraryError(f"experiment {experiment!r}: no finished trial run with usable predictions")
+    n_read = len(loaded)
+    loaded, duplicates = collapse_duplicates(loaded)
+    if duplicates and progress:
+        names = {k: n for k, n, _, _ in loaded}
+        console.print(f"[yellow]collapsed {sum(map(len, duplicates.values()))} duplicate members[/] (same predictions "
+                      "as another: the same configuration rerun): "
+                      + "; ".join(f"{names[k]} kept for {', '.join(d)}" for k, d in duplicates.items()))
+    if progress:
+        console.print(f"library: read {n_read} members, kept {len(loaded)}")
     lib = Library(
         classes=classes,
         run_ids=[k for k, _, _, _ in loaded],
@@ -199,9 +249,45 @@ def collect(uri: str, experiment: str, progress: bool = True, sed: bool = True, 
         y_test=None if yt is None else yt[classes].to_numpy(np.float32),
         valid=np.stack([v for _, _, v, _ in loaded]),
         test=None if yt is None else np.stack([t for _, _, _, t in loaded]),
-        skipped=skipped,
+        skipped=skipped, duplicates=duplicates, n_read=n_read,
     )
-    from harmonia.ensembles.cross_validated import add_oof
-
+    lib.groups = read_groups(uri, search.info.run_id)
     lib = add_oof(lib, uri, search.info.run_id)  # loads predictions/oof.parquet where trials logged it
     return load_sed(lib, uri, search.info.run_id) if sed else lib
+
+
+OOF_FILE = "predictions/oof.parquet"
+
+
+def add_oof(lib: Library, uri: str, search_run_id: str) -> Library:
+    """Set `lib.oof` / `oof_ids` / `y_oof` when the search logged train labels and every member logged
+    out-of-fold predictions of all train ∪ valid clips; otherwise `lib.oof_note` says why not."""
+    try:
+        y_train = read_table(uri, search_run_id, "labels/train.parquet")
+    except Exception:  # noqa: BLE001 - a search without cross-validated trials logs no train labels
+        lib.oof_note = "the search run has no labels/train.parquet (its trials were not cross-validated)"
+        return lib
+    ids = list(y_train["clip_id"].astype(str)) + list(lib.valid_ids)
+    y = np.concatenate([y_train[lib.classes].to_numpy(np.float32), lib.y_valid])
+    c = tracking.client(uri)
+
+    def load(key: str) -> tuple[np.ndarray | None, str]:
+        run_id, prefix = member_source(key)
+        names = {a.path for a in tracking.retry(lambda: c.list_artifacts(run_id, f"{prefix}predictions"))}
+        if f"{prefix}{OOF_FILE}" not in names:
+            return None, "no predictions/oof.parquet (trained without train.cv_folds)"
+        try:
+            p = align(read_table(uri, run_id, f"{prefix}{OOF_FILE}"), ids, lib.classes, f"member {key} oof")
+        except Exception as err:  # noqa: BLE001 - reported in the note
+            return None, f"{type(err).__name__}: {err}"
+        return (p, "") if np.isfinite(p).all() else (None, "non-finite out-of-fold predictions")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        loaded = list(pool.map(load, lib.run_ids))
+    missing = [(name, why) for name, (p, why) in zip(lib.run_names, loaded) if p is None]
+    if missing:
+        lib.oof_note = (f"{len(missing)} of {len(lib.run_ids)} members have no usable out-of-fold predictions, e.g. "
+                        + "; ".join(f"{n}: {w}" for n, w in missing[:3]))
+        return lib
+    lib.oof_ids, lib.y_oof, lib.oof = ids, y, np.stack([p for p, _ in loaded])
+    return lib

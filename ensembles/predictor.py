@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harmonia.data.audio import load_audio
+from harmonia.data.audio import AudioError, load_audio
 from harmonia.config import FeatureConfig
 from harmonia.ensembles.bundle import Bundle, read_bundle
 from harmonia.ensembles.methods import FittedEnsemble
@@ -101,7 +101,21 @@ class EnsemblePredictor:
     def predict_files(self, paths: Sequence[str | Path]) -> pd.DataFrame:
         """`filename`, one score column per class, and `event_labels` (tags above each class threshold)."""
         feats = [self.features(p) for p in paths]
-        scores = self.predict_features(feats)
+        return self._rows(paths, feats)
+
+    def predict_readable(self, paths: Sequence[str | Path]) -> tuple[pd.DataFrame, dict[str, str]]:
+        """`predict_files` of the files that can be read, and file → reason for each one that cannot."""
+        good, feats, bad = [], [], {}
+        for p in paths:
+            try:
+                feats.append(self.features(p))
+                good.append(p)
+            except AudioError as err:
+                bad[str(p)] = err.reason
+        return self._rows(good, feats), bad
+
+    def _rows(self, paths: Sequence[str | Path], feats: Sequence[Features]) -> pd.DataFrame:
+        scores = self.predict_features(feats) if len(feats) else np.zeros((0, len(self.classes)), np.float32)
         df = pd.DataFrame(scores, columns=self.classes)
         df.insert(0, "filename", [str(p) for p in paths])
         df["event_labels"] = [",".join(c for c, s, t in zip(self.classes, row, self.thresholds) if s >= t)

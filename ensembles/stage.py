@@ -1,4 +1,11 @@
-"""The ensemble stage: fit a method on valid, compare with the best model and the plain average, log a run."""
+"""The ensemble stage: fit methods on valid, score each honestly (held-out folds), recommend one, log runs.
+
+Every score that chooses something is honest (ensembles/honest.py): a method with all its own choices
+is refitted on K-1 folds of valid (grouped by source where the dataset says) and scored on the held-out
+fold; in-sample valid scores are reported beside it, labelled as such, and never rank anything; test
+is only reported. The recommendation is the simplest method within one standard error of the best
+honest score (order: best single < average < selection < per-class < stacking; MethodInfo.complexity).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,33 @@ import numpy as np
 import pandas as pd
 
 from harmonia import tracking
+from harmonia.ensembles.artifacts import curve_png, per_class_table, weights_png
 from harmonia.ensembles.cross_validated import compare_oof, fit_inputs
-from harmonia.ensembles.library import Library, collect
-from harmonia.ensembles.methods import METHOD_INFO, FittedEnsemble, fit_method, uses_oof
+from harmonia.ensembles.honest import DEFAULT_FOLDS, Candidate, HonestScore, clip_folds, has_groups, honest_score, recommend
+from harmonia.ensembles.library import Library, clip_groups, collect
+from harmonia.ensembles.methods import METHOD_INFO, FittedEnsemble, by_simplicity, fit_method, member_weights, uses_oof
 from harmonia.metrics import fit_thresholds, get_metric
+
+RECOMMENDED_TAG = "harmonia.recommended"
+HONEST_NOTE = ("honest = the score of held-out-fold predictions of valid ± bootstrap s.e.; "
+               "in-sample = fitted and scored on all of valid")
+
+
+@dataclass
+class HonestSetup:
+    """The folds every method of one library is scored on, and the scores already computed on them."""
+
+    folds: np.ndarray
+    grouped: bool
+    seed: int = 0
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(len(np.unique(self.folds)))
+
+    def describe(self) -> str:
+        return f"{self.k}-fold {'grouped by source' if self.grouped else 'stratified by label set'}"
 
 
 @dataclass
@@ -22,19 +52,47 @@ class EnsembleReport:
     fitted: FittedEnsemble
     library: Library
     thresholds: np.ndarray
-    comparison: pd.DataFrame  # rows: ensemble, best single, average top-k; columns valid, test, members
+    comparison: pd.DataFrame  # rows: ensemble, best single, average top-k; columns honest, honest_se, valid, test, members
+    honest: HonestScore | None = None
+    setup: HonestSetup | None = None
     extra: dict = field(default_factory=dict)
 
     @property
     def members(self) -> list[tuple[str, float]]:
-        w = _member_weights(self.fitted)
+        w = member_weights(self.fitted)
         return [(self.library.run_ids[i], float(w[i])) for i in np.flatnonzero(w > 0)]
 
 
-def _member_weights(fitted: FittedEnsemble) -> np.ndarray:
-    """Per-member weight magnitude (per-class weights are averaged over classes)."""
-    w = np.abs(np.asarray(fitted.weights, np.float64))
-    return w.mean(axis=1) if w.ndim == 2 else w
+def honest_setup(lib: Library, k: int = DEFAULT_FOLDS, seed: int = 0) -> HonestSetup:
+    """Folds over the valid clips: grouped when the library knows which share a source."""
+    groups = clip_groups(lib, lib.valid_ids)
+    return HonestSetup(clip_folds(lib.y_valid, groups, k, seed), has_groups(groups), seed)
+
+
+def honest_method(lib: Library, setup: HonestSetup, method: str, metric: str, **kwargs) -> HonestScore:
+    """The method refitted (with all its choices) on K-1 valid folds and scored on the held-out one; an OOF
+    method is fitted on the out-of-fold rows of train plus those of the K-1 valid folds."""
+    key = (method, metric, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    if key in setup.cache:
+        return setup.cache[key]
+    groups_valid = clip_groups(lib, lib.valid_ids)
+    if uses_oof(method):
+        fit_inputs(lib, method)  # LibraryError when the library has no OOF predictions
+        n_train = len(lib.oof_ids) - len(lib.valid_ids)
+        groups_oof = clip_groups(lib, lib.oof_ids)
+
+        def fit(rest: np.ndarray) -> FittedEnsemble:
+            rows = np.r_[np.arange(n_train), n_train + rest]
+            return fit_method(method, lib.oof[:, rows], lib.y_oof[rows], metric,
+                              groups=None if groups_oof is None else groups_oof[rows], **kwargs)
+    else:
+        def fit(rest: np.ndarray) -> FittedEnsemble:
+            return fit_method(method, lib.valid[:, rest], lib.y_valid[rest], metric,
+                              groups=None if groups_valid is None else groups_valid[rest], **kwargs)
+
+    score = honest_score(fit, lib.valid, lib.y_valid, setup.folds, metric, setup.grouped, groups_valid, setup.seed)
+    setup.cache[key] = score
+    return score
 
 
 def _score(metric_name: str, y: np.ndarray | None, p: np.ndarray | None) -> float:
@@ -42,14 +100,14 @@ def _score(metric_name: str, y: np.ndarray | None, p: np.ndarray | None) -> floa
 
 
 def compare(lib: Library, fitted: FittedEnsemble, metric: str, top_k: int) -> pd.DataFrame:
-    """Ensemble vs best single model vs plain average of the top-k models, on valid and test."""
+    """Ensemble vs best single model vs plain average of the top-k models: in-sample valid and test."""
     m = get_metric(metric)
     single = np.array([m.fn(lib.y_valid, p) for p in lib.valid])
     order = np.argsort(-single if m.greater_is_better else single, kind="stable")
     best, top = int(order[0]), order[:top_k]
     rows = [
         ("ensemble", fitted.predict(lib.valid), None if lib.test is None else fitted.predict(lib.test),
-         int((_member_weights(fitted) > 0).sum())),
+         int((member_weights(fitted) > 0).sum())),
         ("best single", lib.valid[best], None if lib.test is None else lib.test[best], 1),
         (f"average top {len(top)}", lib.valid[top].mean(0), None if lib.test is None else lib.test[top].mean(0), len(top)),
     ]
@@ -58,129 +116,92 @@ def compare(lib: Library, fitted: FittedEnsemble, metric: str, top_k: int) -> pd
          for name, pv, pt, n in rows]).set_index("model")
 
 
-def _weights_png(names: list[str], weights: np.ndarray):
-    def write(path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        idx = np.flatnonzero(weights > 0)
-        fig, ax = plt.subplots(figsize=(6, 0.4 * len(idx) + 1.2))
-        ax.barh([names[i] for i in idx], weights[idx])
-        ax.set_xlabel("weight")
-        ax.set_title("ensemble members")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-
-    return write
+def _with_honest(table: pd.DataFrame, scores: list[HonestScore]) -> pd.DataFrame:
+    table = table.copy()
+    table.insert(0, "honest_se", [s.se for s in scores])
+    table.insert(0, "honest", [s.mean for s in scores])
+    return table
 
 
+def labelled(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison with columns named so that no in-sample score passes for an honest one (comparison.csv)."""
+    return table.rename(columns={"honest": "honest_valid", "honest_se": "honest_valid_se", "valid": "insample_valid",
+                                 "oof": "insample_oof"})
 
 
-def _method_kwargs(method: str, size: int, top_k: int, extra: dict) -> dict:
+def _method_kwargs(method: str, size: int, extra: dict) -> dict:
     kwargs = dict(extra)
     if METHOD_INFO[method].sized:
         kwargs.setdefault("size", size)
     return kwargs
 
 
-def _per_class_table(lib: Library, fitted: FittedEnsemble, metric: str) -> pd.DataFrame:
-    """Per-class score of each member and of the ensemble, on valid and test (for the run's artifacts)."""
-    from harmonia.metrics import average_precision_per_class
-
-    rows = []
-    weights = _member_weights(fitted)
-    splits = [("valid", lib.valid, lib.y_valid)] + ([("test", lib.test, lib.y_test)] if lib.test is not None else [])
-    for split, preds, y in splits:
-        models = [(lib.run_names[i], preds[i]) for i in np.flatnonzero(weights > 0)] + [("ensemble", fitted.predict(preds))]
-        for name, p in models:
-            ap = average_precision_per_class(y, p)
-            rows += [{"split": split, "model": name, "class": c, "AP": float(v)} for c, v in zip(lib.classes, ap)]
-    return pd.DataFrame(rows)
-
-
-def _curve_png(curve: list[float], metric: str, on: str = "valid"):
-    def write(path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot(range(1, len(curve) + 1), curve, marker=".")
-        ax.set_xlabel("ensemble size (greedy steps)")
-        ax.set_ylabel(f"{on} {metric}")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-
-    return write
-
-
 def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: int, metric: str, top_k: int,
-                **method_kwargs) -> EnsembleReport:
-    """Fit one method on valid only (cv_selection: on out-of-fold predictions of train ∪ valid), score it
-    on valid and test (and OOF), and log it as an ensemble run."""
+                setup: HonestSetup | None = None, **method_kwargs) -> EnsembleReport:
+    """Fit one method on valid (cv_selection: on out-of-fold predictions of train ∪ valid), score it honestly
+    and in-sample beside the best single model and the top-k average, and log it as an ensemble run."""
+    setup = setup or honest_setup(lib)
+    kwargs = _method_kwargs(method, size, method_kwargs)
     fit_preds, fit_y = fit_inputs(lib, method)  # LibraryError when an OOF method meets a library without OOF
-    fitted = fit_method(method, fit_preds, fit_y, metric=metric,
-                        **_method_kwargs(method, size, top_k, method_kwargs))
+    groups = clip_groups(lib, lib.oof_ids if uses_oof(method) else lib.valid_ids)
+    fitted = fit_method(method, fit_preds, fit_y, metric, groups=groups, **kwargs)
     thresholds = fit_thresholds(fit_y, fitted.predict(fit_preds))
-    table = (compare_oof if uses_oof(method) else compare)(lib, fitted, metric, top_k)
+    honest = honest_method(lib, setup, method, metric, **kwargs)
+    baselines = [honest_method(lib, setup, "best_single", metric), honest_method(lib, setup, "average", metric, k=top_k)]
+    table = _with_honest((compare_oof if uses_oof(method) else compare)(lib, fitted, metric, top_k), [honest, *baselines])
     on = "oof" if uses_oof(method) else "valid"
     c = tracking.client(uri)
     exp_id = tracking.ensure_experiment(uri, experiment)
     run = tracking.retry(lambda: c.create_run(exp_id, run_name=f"{experiment}-{method}",
                                               tags={tracking.KIND_TAG: "ensemble", "harmonia.method": method}))
     rid = run.info.run_id
-    weights = _member_weights(fitted)
+    weights = member_weights(fitted)
     members = [{"run_id": lib.run_ids[i], "run_name": lib.run_names[i], "weight": float(weights[i])}
                for i in np.flatnonzero(weights > 0)]
     tracking.log_params(c, rid, {"method": method, "size": size, "metric": metric, "library_size": len(lib.run_ids),
+                                 "library_read": lib.n_read or len(lib.run_ids), "honest_folds": setup.describe(),
                                  "members": ",".join(m["run_id"] for m in members)})
     metrics = {}
-    for model, row in table.iterrows():
+    for model, row in labelled(table).iterrows():
         key = model.replace(" ", "_")
-        metrics[f"{key}_valid_{metric}"] = row["valid"]
-        if "oof" in row and np.isfinite(row["oof"]):
-            metrics[f"{key}_oof_{metric}"] = row["oof"]
-        if np.isfinite(row["test"]):
-            metrics[f"{key}_test_{metric}"] = row["test"]
-    metrics.update({f"valid_{metric}": table.loc["ensemble", "valid"], "members": float(len(members))})
-    if np.isfinite(table.loc["ensemble", "test"]):
-        metrics[f"test_{metric}"] = table.loc["ensemble", "test"]
+        metrics.update({f"{key}_{col}_{metric}": row[col] for col in row.index
+                        if col not in ("members",) and np.isfinite(row[col])})
+    ens = labelled(table).loc["ensemble"]
+    metrics.update({f"{col}_{metric}": ens[col] for col in ens.index if col != "members" and np.isfinite(ens[col])})
+    metrics.update({"members": float(len(members)), "honest_valid_f1_at_thresholds": honest.f1_mean})
     sed = fit_sed(lib, weights) if lib.frames else None
     if sed is not None:
         metrics.update({f"{split}_{k}": v for split, scores in sed["scores"].items() for k, v in scores.items()})
-    tracking.log_metrics(c, rid, metrics, step=0)
+    tracking.log_metrics(c, rid, {k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=0)
     spec = {
         "format": "harmonia.ensemble/1", "method": method, "metric": metric, "classes": lib.classes,
         "library": lib.run_ids, "members": members, "fitted": fitted.to_dict(),
         "thresholds": thresholds.tolist(),
-        "scores": {m: {k: float(r[k]) for k in ("oof", "valid", "test") if k in r} for m, r in table.iterrows()},
+        "scores": {m: {k: float(r[k]) for k in r.index if k != "members"} for m, r in labelled(table).iterrows()},
+        "honest": {"folds": setup.describe(), "note": HONEST_NOTE, **honest.to_dict()},
         "sed": None if sed is None else sed["decisions"],
     }
     files = {
         "ensemble.json": tracking.json_bytes(spec),
-        "comparison.csv": table.to_csv().encode(),
-        "weights.png": _weights_png(lib.run_names, weights),
+        "comparison.csv": labelled(table).to_csv().encode(),
+        "weights.png": weights_png(lib.run_names, weights),
         "weights.csv": pd.DataFrame(members).to_csv(index=False).encode(),
-        "per_class.csv": _per_class_table(lib, fitted, metric).to_csv(index=False).encode(),
+        "per_class.csv": per_class_table(lib, fitted).to_csv(index=False).encode(),
     }
     if fitted.curve:
-        files["curve.csv"] = pd.DataFrame({"size": range(1, len(fitted.curve) + 1),
-                                           f"{on}_{metric}": fitted.curve}).to_csv(index=False).encode()
-        files["curve.png"] = _curve_png(fitted.curve, metric, on)
+        chosen = "held_out" if fitted.params.get("steps_chosen_by") == "inner cross-validation" else f"insample_{on}"
+        files["curve.csv"] = pd.DataFrame({"steps": range(len(fitted.curve)),
+                                           f"{chosen}_{metric}": fitted.curve}).to_csv(index=False).encode()
+        files["curve.png"] = curve_png(fitted.curve, metric, chosen.replace("_", " "))
     tracking.log_files(c, rid, files)
     tracking.retry(lambda: c.set_terminated(rid, "FINISHED"))
-    return EnsembleReport(rid, method, metric, fitted, lib, thresholds, table,
+    return EnsembleReport(rid, method, metric, fitted, lib, thresholds, table, honest, setup,
                           extra={} if sed is None else {"sed": sed})
 
 
 def fit_sed(lib: Library, weights: np.ndarray) -> dict:
     """Frame outputs combined with the member weights; per-class threshold and median filter fitted on
-    valid; event- and segment-based scores on valid and test."""
+    valid; event- and segment-based scores on valid (in-sample) and test."""
     from harmonia.ensembles import sed
     from harmonia.featureset import frame_targets
 
@@ -194,20 +215,23 @@ def fit_sed(lib: Library, weights: np.ndarray) -> dict:
     return {"decisions": decisions.to_dict(), "scores": scores}
 
 
-def build_ensemble(uri: str, experiment: str, *, method: str = "selection", size: int = 20,
+def build_ensemble(uri: str, experiment: str, *, method: str = "bagged_selection", size: int = 20,
                    metric: str = "mAP", top_k: int = 5, progress: bool = True, snapshots: bool = True,
-                   **method_kwargs) -> EnsembleReport:
+                   folds: int = DEFAULT_FOLDS, **method_kwargs) -> EnsembleReport:
     """Collect the experiment's trials and fit one method; test is scored and reported, never used for a choice."""
     lib = collect(uri, experiment, progress=progress, snapshots=snapshots)
-    return fit_and_log(lib, uri, experiment, method=method, size=size, metric=metric, top_k=top_k, **method_kwargs)
+    return fit_and_log(lib, uri, experiment, method=method, size=size, metric=metric, top_k=top_k,
+                       setup=honest_setup(lib, folds), **method_kwargs)
 
 
 def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int = 20, metric: str = "mAP",
-                    top_k: int = 5, progress: bool = True, snapshots: bool = True,
-                    skip_unavailable: bool = False) -> tuple[list[EnsembleReport], pd.DataFrame]:
-    """Every method on the same library, one run each, and a table: method, valid, test, oof, members, run.
-    With `skip_unavailable` the methods fitted on out-of-fold predictions are left out (with a note)
-    when the library has none, instead of failing."""
+                    top_k: int = 5, progress: bool = True, snapshots: bool = True, skip_unavailable: bool = False,
+                    folds: int = DEFAULT_FOLDS, rule: str = "one_se") -> tuple[list[EnsembleReport], pd.DataFrame]:
+    """Every method on the same library and the same honest folds, one run each, and the recommendation.
+
+    The best single model and the plain average are always candidates. Returns the reports and a table
+    (method, honest, honest_se, valid_insample, test, members, recommended, run_id), simplest first.
+    With `skip_unavailable` the OOF methods are left out (with a note) when the library has none."""
     lib = collect(uri, experiment, progress=progress, snapshots=snapshots)
     if skip_unavailable and lib.oof is None and any(uses_oof(m) for m in methods):
         if progress:
@@ -215,13 +239,24 @@ def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int 
 
             console.print(f"[yellow]left out {', '.join(m for m in methods if uses_oof(m))}:[/] {lib.oof_note}")
         methods = [m for m in methods if not uses_oof(m)]
-    reports = [fit_and_log(lib, uri, experiment, method=m, size=size, metric=metric, top_k=top_k) for m in methods]
-    oof = lambda t, name: t.loc[name, "oof"] if "oof" in t.columns else float("nan")  # noqa: E731
-    rows = [{"method": r.method, "valid": r.comparison.loc["ensemble", "valid"],
-             "test": r.comparison.loc["ensemble", "test"], "oof": oof(r.comparison, "ensemble"),
-             "members": int(r.comparison.loc["ensemble", "members"]), "run_id": r.run_id} for r in reports]
-    base = reports[0].comparison
-    for name in base.index[1:]:
-        rows.append({"method": name, "valid": base.loc[name, "valid"], "test": base.loc[name, "test"],
-                     "oof": oof(base, name), "members": int(base.loc[name, "members"]), "run_id": ""})
+    methods = by_simplicity(list(dict.fromkeys(["best_single", "average", *methods])))
+    setup = honest_setup(lib, folds)
+    reports = [fit_and_log(lib, uri, experiment, method=m, size=size, metric=metric, top_k=top_k, setup=setup)
+               for m in methods]
+    chosen = recommend([Candidate(r.method, METHOD_INFO[r.method].complexity, r.honest) for r in reports], metric, rule)
+    c = tracking.client(uri)
+    for r in reports:
+        tracking.retry(lambda r=r: c.set_tag(r.run_id, RECOMMENDED_TAG, str(r.method == chosen).lower()))
+        if r.method == chosen:
+            tracking.retry(lambda r=r: c.update_run(r.run_id, name=f"{experiment}-{r.method}-recommended"))
+    rows = [{"method": r.method, "honest": r.honest.mean, "honest_se": r.honest.se,
+             "valid_insample": r.comparison.loc["ensemble", "valid"], "test": r.comparison.loc["ensemble", "test"],
+             "members": int(r.comparison.loc["ensemble", "members"]), "recommended": r.method == chosen,
+             "run_id": r.run_id} for r in reports]
     return reports, pd.DataFrame(rows)
+
+
+def recommended(reports: list[EnsembleReport], table: pd.DataFrame) -> EnsembleReport:
+    """The report of the recommended method in `build_ensembles`' output."""
+    name = table.loc[table["recommended"], "method"].iloc[0]
+    return next(r for r in reports if r.method == name)

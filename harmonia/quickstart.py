@@ -13,19 +13,27 @@ from harmonia.progress import console
 
 
 def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
-    from harmonia.cli import print_comparison
+    from harmonia.cli import print_methods
     from harmonia.ensembles.bundle import export_bundle, register_model
     from harmonia.ensembles.predictor import EnsemblePredictor
     from harmonia.search.tuner import print_trials, run_search
     from harmonia.data.datasets import load_dataset
-    from harmonia.ensembles.stage import build_ensemble
+    from harmonia.ensembles.stage import build_ensembles, recommended
 
+    from harmonia.config import ConfigError
+    from harmonia.ensembles.methods import METHODS
+
+    unknown = [m for m in cfg.ensemble.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"ensemble.methods: unknown {', '.join(unknown)}; valid: {', '.join(sorted(METHODS))}")
     t0 = time.time()
     result = run_search(cfg)
     print_trials(result.trials, cfg.search.metric, top=5)
-    report = build_ensemble(cfg.tracking.uri, cfg.name, size=cfg.ensemble.size, metric=cfg.ensemble.metric,
-                            top_k=cfg.ensemble.top_k_average)
-    print_comparison(report)
+    e = cfg.ensemble
+    reports, table = build_ensembles(cfg.tracking.uri, cfg.name, methods=e.methods, size=e.size, metric=e.metric,
+                                     top_k=e.top_k_average, folds=e.folds, rule=e.rule)
+    print_methods(cfg.name, e.metric, reports, table, e.rule)
+    report = recommended(reports, table)
     out = Path(out or Path("out") / cfg.name).resolve()
     export_bundle(cfg.tracking.uri, report.run_id, out, name=cfg.name)
     model_ref = register_model(cfg.tracking.uri, out, report.run_id, f"harmonia-{cfg.name}")
@@ -42,8 +50,11 @@ def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
     ens = report.comparison
     console.print(Panel.fit(
         f"[bold]{cfg.name}[/] finished in {time.time() - t0:.0f} s\n"
-        f"ensemble  valid {ens.loc['ensemble', 'valid']:.4f}  test {ens.loc['ensemble', 'test']:.4f}\n"
-        f"best single valid {ens.iloc[1]['valid']:.4f}  test {ens.iloc[1]['test']:.4f}\n"
+        f"exported: {report.method} (recommended; {e.metric}, honest = held-out folds of valid)\n"
+        f"  honest valid {ens.loc['ensemble', 'honest']:.4f} ± {ens.loc['ensemble', 'honest_se']:.4f}  "
+        f"in-sample valid {ens.loc['ensemble', 'valid']:.4f}  test {ens.loc['ensemble', 'test']:.4f}\n"
+        f"best single: honest valid {ens.iloc[1]['honest']:.4f}  in-sample valid {ens.iloc[1]['valid']:.4f}  "
+        f"test {ens.iloc[1]['test']:.4f}\n"
         f"bundle: {out}\nregistered model: {model_ref}\npredictions: {tags_file}\n"
         f"browse the runs:  {ui}",
         title="harmonia quickstart"))

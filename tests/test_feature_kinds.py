@@ -55,7 +55,7 @@ def test_bundle_of_members_of_different_kinds_predicts_their_own_test_scores(two
 
     cfg, _ = two_kinds
     # the plain average of every trial (no fallback to the best single): members of both kinds
-    report = build_ensemble(cfg.tracking.uri, cfg.name, method="average", k=None, fallback=False, progress=False)
+    report = build_ensemble(cfg.tracking.uri, cfg.name, method="average", k=None, progress=False)
     out = export_bundle(cfg.tracking.uri, report.run_id, tmp_path / "bundle")
     pred = EnsemblePredictor.load(out)
     kinds = {pred.feature_configs[m.feature_key].kind for m in pred.members}

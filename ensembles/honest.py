@@ -1,0 +1,177 @@
+"""Honest scores: every ensemble choice judged on clips it was not fitted on.
+
+A method (with everything it chooses: k, the greedy prefix, a regularization, thresholds) is fitted on
+K-1 folds of the clips it is fitted on and predicts the held-out fold; the metric of those pooled
+held-out predictions, with a bootstrap standard error, is its honest score, and the final ensemble is
+refitted on all the clips. Folds are
+grouped when the dataset says which clips share a source (a recording, a location, a video), so a
+held-out fold holds sources the fit never saw, as new audio does; otherwise they are stratified by
+label set. The same folds serve every method, so their scores compare fold by fold.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harmonia.metrics import Metric, f1_macro_thresholds, fit_thresholds, get_metric
+
+DEFAULT_FOLDS = 5
+RULES = ("one_se", "paired_se", "best")
+
+
+BOOTSTRAP = 200
+"""Resamples of the pooled held-out predictions behind an honest score's standard error."""
+
+
+@dataclass
+class HonestScore:
+    """One fitted-and-scored procedure on held-out folds: the metric of the pooled held-out predictions
+    (every clip predicted by the fit that did not see it), its bootstrap replicates and per-fold scores.
+
+    The headline is the pooled score, not the mean of per-fold scores: AP on a small fold is biased
+    upward (few positives), so a mean of fold scores is not comparable with a score on a whole split.
+    """
+
+    score: float
+    boot: list[float]  # the metric on BOOTSTRAP resamples (of groups when grouped) of the pooled predictions
+    folds: list[float]  # the metric on each held-out fold alone (for the spread; not the headline)
+    grouped: bool
+    f1: float = float("nan")  # macro F1 of the pooled decisions at thresholds fitted on the other folds
+
+    @property
+    def mean(self) -> float:
+        return self.score
+
+    @property
+    def se(self) -> float:
+        v = np.asarray(self.boot, np.float64)
+        v = v[np.isfinite(v)]
+        return float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+    @property
+    def f1_mean(self) -> float:
+        return self.f1
+
+    def to_dict(self) -> dict:
+        return {"score": self.score, "se": self.se, "folds": [float(v) for v in self.folds],
+                "grouped": self.grouped, "f1": self.f1}
+
+
+def _label_sets(y: np.ndarray, k: int) -> np.ndarray:
+    """One stratum per label set; sets rarer than k clips share one stratum (they cannot spread over k folds)."""
+    keys = np.array(["".join("1" if v else "0" for v in row) for row in np.asarray(y) > 0.5])
+    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    rare = counts[inverse] < k
+    codes = inverse.copy()
+    codes[rare] = len(uniq)
+    return codes
+
+
+def has_groups(groups: Sequence[str] | np.ndarray | None) -> bool:
+    """Whether `groups` says anything: some clips share a source (each clip its own group says nothing)."""
+    return groups is not None and len(set(map(str, groups))) < len(groups)
+
+
+def clip_folds(y: np.ndarray, groups: Sequence[str] | np.ndarray | None = None, k: int = DEFAULT_FOLDS,
+               seed: int = 0) -> np.ndarray:
+    """Fold index per clip: grouped (no group on both sides of a fold) when `groups` says which clips share
+    a source, stratified by label set otherwise; seeded. Fewer folds when there are fewer groups or clips."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    n = len(y)
+    if n < 2:
+        raise ValueError(f"honest folds need at least 2 clips, got {n}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only ... members"
+        if has_groups(groups):
+            g = np.asarray([str(v) for v in groups])
+            n_folds = min(k, len(set(g)))
+            if n_folds < 2:
+                raise ValueError("honest folds: every clip is in one group; there is nothing to hold out")
+            split = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(
+                np.zeros(n), _label_sets(y, n_folds), g)
+        else:
+            n_folds = min(k, n)
+            strata = _label_sets(y, n_folds)
+            if np.bincount(strata).max() < n_folds:  # no stratum can spread over the folds: plain shuffled folds
+                strata = np.zeros(n, int)
+            split = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(n), strata)
+        folds = np.empty(n, int)
+        for f, (_, held) in enumerate(split):
+            folds[held] = f
+    return folds
+
+
+def bootstrap_indices(n: int, groups: Sequence[str] | np.ndarray | None = None, b: int = BOOTSTRAP,
+                      seed: int = 0) -> list[np.ndarray]:
+    """`b` resamples of clip indices, drawing whole groups when `groups` says which clips share a source;
+    seeded, so every candidate of one library is resampled the same way (paired)."""
+    rng = np.random.default_rng(seed)
+    if not has_groups(groups):
+        return [rng.integers(0, n, n) for _ in range(b)]
+    g = np.asarray([str(v) for v in groups])
+    members = [np.flatnonzero(g == u) for u in np.unique(g)]
+    return [np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))]) for _ in range(b)]
+
+
+def honest_score(fit: Callable[[np.ndarray], object], preds: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                 metric: str | Metric, grouped: bool = False, groups: Sequence[str] | np.ndarray | None = None,
+                 seed: int = 0) -> HonestScore:
+    """`fit(train_idx) -> FittedEnsemble` on the other folds predicts each held-out fold of `preds [M, N, C]`;
+    the pooled predictions are scored against `y [N, C]`, with bootstrap replicates for the standard error
+    and F1 at per-class thresholds fitted on the other folds."""
+    m = get_metric(metric)
+    pooled = np.zeros(y.shape, np.float64)
+    decided = np.zeros(y.shape, bool)
+    per_fold = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for f in np.unique(folds):
+            held, rest = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
+            fitted = fit(rest)
+            pooled[held] = fitted.predict(preds[:, held])
+            decided[held] = pooled[held] >= fit_thresholds(y[rest], fitted.predict(preds[:, rest]))[None, :]
+            per_fold.append(float(m(y[held], pooled[held])))
+        boot = [float(m(y[i], pooled[i])) for i in bootstrap_indices(len(y), groups if grouped else None, seed=seed)]
+        f1 = float(f1_macro_thresholds(y, decided.astype(np.float64), np.full(y.shape[1], 0.5)))
+        return HonestScore(float(m(y, pooled)), boot, per_fold, grouped, f1)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A method the recommendation may pick: its name, complexity (lower is simpler) and honest score."""
+
+    name: str
+    complexity: int
+    honest: HonestScore
+
+
+def recommend(candidates: list[Candidate], metric: str | Metric, rule: str = "one_se") -> str:
+    """The simplest candidate within one standard error of the best honest score (ties to the simpler).
+
+    `one_se`: within the best's standard error (Breiman's one-SE rule); `paired_se`: within the standard
+    error of the difference to the best over the same bootstrap resamples; `best`: the best honest score."""
+    if rule not in RULES:
+        raise ValueError(f"unknown recommendation rule {rule!r}; valid: {', '.join(RULES)}")
+    sign = get_metric(metric).sign()
+    usable = [c for c in candidates if np.isfinite(c.honest.mean)]
+    if not usable:
+        raise ValueError("no candidate has a finite honest score")
+    best = max(usable, key=lambda c: (sign * c.honest.mean, -c.complexity))
+    if rule == "best":
+        return best.name
+
+    def close(c: Candidate) -> bool:
+        gap = sign * (best.honest.mean - c.honest.mean)
+        if rule == "one_se":
+            return gap <= (best.honest.se if np.isfinite(best.honest.se) else 0.0) + 1e-12
+        d = sign * (np.asarray(best.honest.boot) - np.asarray(c.honest.boot))
+        d = d[np.isfinite(d)]
+        se = d.std(ddof=1) if len(d) > 1 else 0.0
+        return gap <= se + 1e-12
+
+    return min((c for c in usable if close(c)), key=lambda c: (c.complexity, -sign * c.honest.mean)).name

@@ -1,0 +1,142 @@
+"""Honest scores: grouped folds, held-out fit/score, the recommendation, duplicates (ensembles/honest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harmonia.ensembles.honest import Candidate, HonestScore, clip_folds, honest_score, recommend
+from harmonia.ensembles.library import collapse_duplicates
+from harmonia.ensembles.methods import fit_method
+from harmonia.metrics import get_metric, mean_average_precision
+
+mAP = get_metric("mAP")
+
+
+def _library(seed: int, m: int, n: int, c: int, noise: tuple[float, float] = (1.0, 3.0)):
+    """Members are noisy views of y (each its own noise level); y [N, C] multi-hot."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < 0.35).astype(np.float32)
+    y[np.arange(c) % n, np.arange(c)] = 1  # every class has a positive
+    level = rng.uniform(*noise, (m, 1, 1))
+    p = 1 / (1 + np.exp(-((2 * y - 1)[None] + rng.normal(0, 1, (m, n, c)) * level)))
+    return p.astype(np.float32), y
+
+
+def test_grouped_folds_never_split_a_group_and_are_seeded():
+    rng = np.random.default_rng(0)
+    y = (rng.random((90, 4)) < 0.3).astype(np.float32)
+    groups = np.array([f"rec{i // 6}" for i in range(90)])  # 15 recordings of 6 clips
+    folds = clip_folds(y, groups, k=5, seed=3)
+    assert sorted(np.unique(folds)) == [0, 1, 2, 3, 4]
+    for g in np.unique(groups):
+        assert len(set(folds[groups == g])) == 1, g
+    np.testing.assert_array_equal(folds, clip_folds(y, groups, k=5, seed=3))
+    # fewer groups than folds: as many folds as groups
+    assert len(np.unique(clip_folds(y[:18], groups[:18], k=5))) == 3
+
+
+def test_ungrouped_folds_are_stratified_by_label_set():
+    y = np.zeros((100, 2), np.float32)
+    y[:50, 0] = 1  # half the clips have class 0, none class 1 except 10
+    y[90:, 1] = 1
+    folds = clip_folds(y, None, k=5, seed=0)
+    for f in range(5):
+        assert y[folds == f, 0].sum() == 10  # 50 positives spread evenly
+        assert y[folds == f, 1].sum() == 2
+
+
+def test_honest_score_equals_a_hand_computed_grouped_kfold():
+    preds, y = _library(1, m=6, n=40, c=3)
+    groups = np.array([f"g{i // 4}" for i in range(40)])
+    folds = clip_folds(y, groups, k=4, seed=0)
+
+    def fit(rest):
+        return fit_method("average", preds[:, rest], y[rest], "mAP", k="auto")
+
+    got = honest_score(fit, preds, y, folds, "mAP", grouped=True, groups=groups)
+    pooled = np.zeros(y.shape)
+    for f in range(4):
+        rest, held = folds != f, folds == f
+        singles = [mean_average_precision(y[rest], p[rest]) for p in preds]
+        order = np.argsort(-np.asarray(singles), kind="stable")
+        prefix = [mean_average_precision(y[rest], preds[order[:k]][:, rest].astype(np.float64).mean(0))
+                  for k in range(1, 7)]
+        k = int(np.argmax(prefix)) + 1
+        pooled[held] = preds[order[:k]][:, held].astype(np.float64).mean(0)
+    assert got.mean == pytest.approx(mean_average_precision(y, pooled), rel=1e-12)
+    # bootstrap over whole groups: each resample holds groups entirely, so its size is a multiple of 4
+    from harmonia.ensembles.honest import bootstrap_indices
+
+    idx = bootstrap_indices(40, groups, b=200, seed=0)
+    assert all(len(i) % 4 == 0 and len(i) == 40 for i in idx)
+    expected_boot = [mean_average_precision(y[i], pooled[i]) for i in idx]
+    np.testing.assert_allclose(got.boot, expected_boot, rtol=1e-12)
+    assert got.se == pytest.approx(np.std(expected_boot, ddof=1))
+
+
+def test_overfitting_stacking_scores_high_in_sample_low_honestly_and_is_not_recommended():
+    """Unregularized stacking of 16 members on 30 valid clips: in-sample above the best single model,
+    honest below it; the recommendation does not take it."""
+    rng = np.random.default_rng(0)
+    y = (rng.random((30, 4)) < 0.35).astype(np.float32)
+    y[np.arange(4), np.arange(4)] = 1
+    shared = (2 * y - 1) + rng.normal(0, 1.5, y.shape)  # near-copies: nothing real to learn from combining them
+    preds = (1 / (1 + np.exp(-(shared[None] + rng.normal(0, 0.7, (16, 30, 4)))))).astype(np.float32)
+    folds = clip_folds(y, None, k=5, seed=0)
+    best_in = max(mAP(y, p) for p in preds)
+
+    def fitter(name, **kw):
+        return lambda rest: fit_method(name, preds[:, rest], y[rest], "mAP", **kw)
+
+    raw = fit_method("stacking", preds, y, "mAP", shrinkage=0.0)
+    assert mAP(y, raw.predict(preds)) > best_in + 0.05
+    scores = {name: honest_score(fitter(name, **kw), preds, y, folds, "mAP")
+              for name, kw in (("best_single", {}), ("average", {}), ("stacking", {"shrinkage": 0.0}))}
+    assert scores["stacking"].mean < scores["best_single"].mean
+    complexity = {"best_single": 0, "average": 1, "stacking": 6}
+    chosen = recommend([Candidate(n, complexity[n], s) for n, s in scores.items()], "mAP")
+    assert chosen != "stacking"
+
+
+def test_recommendation_prefers_the_simplest_within_one_standard_error():
+    def hs(score, se):  # bootstrap replicates with that standard deviation
+        return HonestScore(score, [score - se, score + se], [], False)
+
+    s = np.sqrt(2) / 2  # replicates score +- se have standard deviation se * sqrt(2): scale them back
+    cands = [Candidate("best_single", 0, hs(0.70, 0.01 * s)), Candidate("average", 1, hs(0.74, 0.01 * s)),
+             Candidate("stacking", 6, hs(0.75, 0.015 * s))]
+    assert recommend(cands, "mAP") == "average"  # stacking is best (0.75), average within its s.e. (0.015)
+    assert recommend(cands, "mAP", rule="best") == "stacking"
+    cands[2] = Candidate("stacking", 6, hs(0.80, 0.01 * s))
+    assert recommend(cands, "mAP") == "stacking"  # a clear gain earns the complex method its place
+    low = [Candidate("a", 0, hs(0.30, 0.01)), Candidate("b", 3, hs(0.20, 0.01))]
+    assert recommend(low, "log_loss") == "b"  # lower is better
+
+
+def test_shrunk_stacking_chooses_its_strength_on_inner_folds():
+    preds, y = _library(3, m=12, n=40, c=3, noise=(2.0, 3.5))
+    f = fit_method("stacking", preds, y, "mAP")
+    assert f.params["shrinkage_chosen_by"] == "inner cross-validation"
+    assert f.params["shrinkage"] in f.params["lambdas"] and len(f.params["inner_scores"]) == len(f.params["lambdas"])
+    strong = fit_method("stacking", preds, y, "mAP", shrinkage=1e6)
+    coef = np.asarray(strong.params["coef"])
+    np.testing.assert_allclose(coef, 1.0 / len(preds), atol=1e-3)  # the strongest shrinkage is the mean logit
+
+
+def test_bagged_selection_chooses_its_steps_on_held_out_folds():
+    preds, y = _library(4, m=10, n=60, c=3)
+    f = fit_method("bagged_selection", preds, y, "mAP", size=8, bags=4)
+    assert f.params["steps_chosen_by"] == "inner cross-validation"
+    curve = np.asarray(f.curve)
+    assert len(curve) == 9 and f.params["steps"] == int(np.flatnonzero(curve >= curve.max() - 1e-12)[0])
+    assert np.asarray(f.weights).sum() == pytest.approx(1.0)
+
+
+def test_duplicate_members_are_collapsed_and_named():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((5, 2)), rng.random((5, 2))
+    loaded = [("r1", "t1", a, b), ("r2", "t2", a.copy(), b.copy()), ("r3", "t3", b, a), ("r4", "t4", a.copy(), b.copy())]
+    kept, dupes = collapse_duplicates(loaded)
+    assert [k for k, *_ in kept] == ["r1", "r3"]
+    assert dupes == {"r1": ["t2", "t4"]}
