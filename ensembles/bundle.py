@@ -7,6 +7,7 @@ import json
 import platform
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -213,6 +214,15 @@ def check_member_files(path: Path, spec_file: Path, m: BundleMember) -> None:
         verified(f)  # listed files the loader does not read must still be intact
 
 
+def model_signature(classes: list[str]):
+    """The pyfunc's signature: a `path` column in; `filename`, one float score per class, `event_labels` out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = [ColSpec("string", "filename"), *(ColSpec("float", c) for c in classes), ColSpec("string", "event_labels")]
+    return ModelSignature(inputs=Schema([ColSpec("string", "path")]), outputs=Schema(outputs))
+
+
 def register_model(uri: str, bundle_dir: str | Path, ensemble_run_id: str, model_name: str) -> str:
     """Log the bundle as an MLflow pyfunc (models-from-code: no pickled code) and register it."""
     import mlflow
@@ -220,10 +230,13 @@ def register_model(uri: str, bundle_dir: str | Path, ensemble_run_id: str, model
     mlflow.set_tracking_uri(uri)
     bundle = read_bundle(bundle_dir)
     code = Path(__file__).with_name("pyfunc_model.py")
-    with mlflow.start_run(run_id=ensemble_run_id):
+    with mlflow.start_run(run_id=ensemble_run_id), warnings.catch_warnings():
+        # the input is audio paths on the loading machine: no example file travels with the model
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(code), artifacts={"bundle": str(bundle_dir)},
             registered_model_name=model_name, pip_requirements=[f"harmonia=={__version__}"],
+            signature=model_signature(bundle.classes),
         )
     c = tracking.client(uri)
     version = info.registered_model_version

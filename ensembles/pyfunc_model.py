@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -10,12 +12,13 @@ from mlflow.pyfunc import PythonModel
 class HarmoniaEnsembleModel(PythonModel):
     """Input: a DataFrame with a `path` column of audio files; output: the bundle's scores and tags."""
 
-    def load_context(self, context):
+    def load_context(self, context) -> None:
         from harmonia.ensembles.predictor import EnsemblePredictor
 
         self.predictor = EnsemblePredictor.load(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Rows `filename`, one float score per class, `event_labels`, for the files in `model_input.path`."""
         if isinstance(model_input, pd.DataFrame):
             col = "path" if "path" in model_input.columns else model_input.columns[0]
             paths = [str(p) for p in model_input[col]]

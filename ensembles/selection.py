@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harmonia.metrics import Metric, bce, get_metric
+from harmonia.metrics import Metric, average_precision_per_class, bce, get_metric
 
 TIE_TOL = 1e-12
 """Scores this close count as tied: implementations sum in different orders (about 1e-16 apart)."""
@@ -25,6 +25,8 @@ AUTO_INIT_MAX = 25
 _KEY_MAX = float(2**30 - 2)
 _BLOCK_ELEMENTS = 2**18
 """Candidates are scored in blocks of about this many (candidate, clip) cells, so buffers stay in cache."""
+SMALL_ELEMENTS = 2**13
+"""Libraries of at most this many (class, candidate, clip) cells are scored in one exact call (`_small`)."""
 
 ScoreFn = Callable[[np.ndarray, int], np.ndarray]
 
@@ -114,6 +116,8 @@ class _FastScorer:
             return np.array([self.metric(self.y, _candidate_average(s, p, n_members)) for p in self.preds])
         if len(self.classes) == 0:
             return np.full(len(self.preds), np.nan)
+        if self.exact and self.cols.size <= SMALL_ELEMENTS:
+            return self._small(s, n_members)
         jobs = range(len(self.classes))
         if self.n_threads > 1 and len(self.classes) > 1:
             with ThreadPoolExecutor(self.n_threads) as pool:
@@ -121,6 +125,20 @@ class _FastScorer:
         else:
             ap = [self._class_ap(s, n_members, i) for i in jobs]
         return np.mean(ap, axis=0)
+
+    def _small(self, s: np.ndarray, n_members: int) -> np.ndarray:
+        """Small libraries (the inner folds of honest scores): every candidate and class in one exact float64
+        AP call over [N, M * C] columns; per-class Python overhead would dominate otherwise."""
+        c, m, n = self.cols.shape
+        totals = (self.cols + s[:, self.classes].T[:, None, :]) / n_members  # [C, M, N]
+        ap = average_precision_per_class(self._tiled(c, m), totals.reshape(c * m, n).T)
+        return ap.reshape(c, m).mean(axis=0)
+
+    def _tiled(self, c: int, m: int) -> np.ndarray:
+        tiled = getattr(self, "_tiled_y", None)
+        if tiled is None:
+            tiled = self._tiled_y = np.repeat(self.y[:, self.classes], m, axis=1)  # column c * M + m
+        return tiled
 
     def _workspace(self, rows: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-thread [rows, N] buffers (float64 sums, int32 keys, int8 labels), reused across calls."""

@@ -35,9 +35,13 @@ def _same(fast: Selection, ref: Selection) -> None:
     np.testing.assert_allclose(fast.weights, ref.weights)
 
 
+@pytest.mark.parametrize("small", [True, False], ids=["one-call small path", "keyed path"])
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("kind", ["continuous", "quantized", "duplicates", "clones", "tiny"])
-def test_fast_equals_reference(seed: int, kind: str) -> None:
+def test_fast_equals_reference(seed: int, kind: str, small: bool, monkeypatch) -> None:
+    from harmonia.ensembles import selection
+
+    monkeypatch.setattr(selection, "SMALL_ELEMENTS", 2**30 if small else 0)  # which scorer path the library takes
     p, y = _library(seed, kind=kind)
     for init in (1, 3):
         _same(ensemble_selection(p, y, size=10, init=init, keep_best_prefix=False),
