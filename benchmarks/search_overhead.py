@@ -44,7 +44,8 @@ FIXED = pinned(BASE)
 def config(base: Path, name: str, trials: int, epochs: int, concurrent: int, clips: int):
     return parse_config({
         "name": name,
-        "data": {"root": str(base / "data"), "synth": {"clips": clips, "seconds": 4.0, "seed": 0}},
+        "data": {"root": str(base / "data"), "synth": {"root": str(base / "data"), "clips": clips, "seconds": 4.0,
+                                                    "seed": 0}},
         "features": {"cache_dir": str(base / "cache")},
         "tracking": {"uri": f"sqlite:///{base}/mlruns.db", "artifacts": str(base / "mlartifacts")},
         "search": {"num_samples": trials, "max_concurrent": concurrent, "max_epochs": epochs,

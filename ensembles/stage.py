@@ -161,13 +161,15 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
     tracking.log_params(c, rid, {"method": method, "size": size, "metric": metric, "library_size": len(lib.run_ids),
                                  "library_read": lib.n_read or len(lib.run_ids), "honest_folds": setup.describe(),
                                  "members": ",".join(m["run_id"] for m in members)})
+    def name(col: str) -> str:  # honest_valid_se -> honest_valid_mAP_se
+        return f"{col[:-3]}_{metric}_se" if col.endswith("_se") else f"{col}_{metric}"
+
     metrics = {}
     for model, row in labelled(table).iterrows():
         key = model.replace(" ", "_")
-        metrics.update({f"{key}_{col}_{metric}": row[col] for col in row.index
-                        if col not in ("members",) and np.isfinite(row[col])})
+        metrics.update({f"{key}_{name(col)}": row[col] for col in row.index if col != "members"})
     ens = labelled(table).loc["ensemble"]
-    metrics.update({f"{col}_{metric}": ens[col] for col in ens.index if col != "members" and np.isfinite(ens[col])})
+    metrics.update({name(col): ens[col] for col in ens.index if col != "members"})
     metrics.update({"members": float(len(members)), "honest_valid_f1_at_thresholds": honest.f1_mean})
     sed = fit_sed(lib, weights) if lib.frames else None
     if sed is not None:

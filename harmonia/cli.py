@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from harmonia.config import ConfigError, HarmoniaConfig, load_config, resolve_tracking_uri
@@ -21,6 +22,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(spaces_app, name="spaces")
 
 DEFAULT_URI = "sqlite:///mlruns.db"
+QUICKSTART_CONFIG = Path("configs/quickstart.yaml")
 UriOption = typer.Option(None, "--tracking-uri", envvar="HARMONIA_TRACKING_URI",
                          help=f"MLflow tracking URI (default: the config's, else {DEFAULT_URI} in this folder)")
 
@@ -49,31 +51,48 @@ def data_synth(out: Path, clips: int = typer.Option(600, min=3), seconds: float 
                seed: int = 0, sample_rate: int = 16000,
                task: str = typer.Option("tagging", help="tagging, sed, sequence: DCASE task-4 events with strong "
                                                          "labels; scene: DCASE 2018 task 1 layout (meta.csv, folds)"),
-               scenes: int = typer.Option(10, min=2, max=10, help="task scene: how many of the ten DCASE 2018 scenes")):
-    """Generate a deterministic synthetic dataset in OUT: sound events (DCASE task 4) or scenes (2018 task 1)."""
+               scenes: int = typer.Option(10, min=2, max=10, help="task scene: how many of the ten DCASE 2018 scenes"),
+               shift: bool = typer.Option(False, "--shift", help="splits draw their sounds from disjoint source "
+                                                                 "instances and backgrounds; writes a group per clip"),
+               layout: Optional[str] = typer.Option(None, "--layout", help="write it as this dataset format: harmonia, "
+                                                    "flat, desed, fsdkaggle2018, fsd50k, esc50, urbansound8k, "
+                                                    "dcase2018_task1 (README: Dataset formats)")):
+    """Generate a deterministic synthetic dataset in OUT: sound events (DCASE task 4) or scenes (2018 task 1),
+    or with --layout in any registered dataset format."""
     from harmonia.config import TASKS
     from harmonia.data.synth import synthesize, synthesize_scenes
 
     if task not in TASKS:
         fail(f"--task: unknown {task!r}; valid: {', '.join(TASKS)}")
+    if shift and task == "scene":
+        fail("--shift: not available for task scene (its locations already split train from evaluate)")
     t = time.time()
     try:
-        if task == "scene":
+        if layout is not None:
+            from harmonia.data.layouts import SynthArgs, synthesize_layout
+
+            synthesize_layout(out, layout, SynthArgs(clips, seconds, seed, sample_rate, True, scenes, shift=shift))
+        elif task == "scene":
             synthesize_scenes(out, clips=clips, seconds=seconds, seed=seed, sample_rate=sample_rate, progress=True,
                               scenes=scenes)
         else:
-            synthesize(out, clips=clips, seconds=seconds, seed=seed, sample_rate=sample_rate, progress=True)
+            synthesize(out, clips=clips, seconds=seconds, seed=seed, sample_rate=sample_rate, progress=True,
+                       shift=shift)
     except ValueError as err:
         fail(str(err))
-    console.print(f"wrote {clips} {'scene ' if task == 'scene' else ''}clips to {out} in {time.time() - t:.1f} s")
+    what = f"{layout} " if layout else "scene " if task == "scene" else ""
+    console.print(f"wrote {clips} {what}clips to {out} in {time.time() - t:.1f} s")
 
 
 @data_app.command("check")
-def data_check(root: Path, sample_rate: Optional[int] = None):
+def data_check(root: Path, sample_rate: Optional[int] = None,
+               format: Optional[str] = typer.Option(None, "--format", help="read ROOT as this format (default: "
+                                                    "detected; README: Dataset formats)")):
     """Validate audio and metadata; report every problem with file and line, then a summary."""
     from harmonia.data.data_check import check_dataset
+    from harmonia.data.registry import ReadOptions
 
-    report = check_dataset(root, sample_rate=sample_rate)
+    report = check_dataset(root, options=ReadOptions(format=format, sample_rate=sample_rate))
     report.render(console)
     if any(p.severity == "error" for p in report.problems):
         raise typer.Exit(1)
@@ -81,26 +100,21 @@ def data_check(root: Path, sample_rate: Optional[int] = None):
 
 @spaces_app.command("show")
 def spaces_show(config: Optional[Path] = typer.Argument(None)):
-    """Print the effective search space of CONFIG, with its conditions."""
-    from harmonia.spaces import SpaceError, parameter_names, validate_overrides
+    """Print the effective search space of CONFIG: each parameter's range or choices, for the architectures
+    and augmentations a search of it can sample."""
+    from harmonia.spaces import SpaceError, validate_overrides
+    from harmonia.spaces.compose import describe_space
 
     cfg = _config(config)
     try:
         validate_overrides(cfg.space, cfg.task, cfg.features)
     except SpaceError as err:
         fail(str(err))
-    # what a parameter is when `space:` leaves it out, where that is not its part's default range
-    unset = {"features.kind": f"{cfg.features.kind} (features.kind)",
-             "aug.waveform_copies": "default" if cfg.features.augmented_copies.n_copies
-             else "off (features.augmented_copies is empty)"}
-    t = Table(title="search space")
-    for col in ("part", "parameter", "override"):
+    t = Table(title=f"search space of task {cfg.task}")
+    for col in ("part", "parameter", "values"):
         t.add_column(col)
-    for part, names in parameter_names().items():
-        for n in names:
-            cond = f"if aug.{part.split()[-1]}" if part.startswith("augmentation") and n != f"aug.{part.split()[-1]}" \
-                else (f"if arch={part.split()[-1]}" if part.startswith("architecture") else "")
-            t.add_row(f"{part} {cond}".strip(), n, str(cfg.space.get(n, unset.get(n, "default"))))
+    for part, name, values in describe_space(cfg.space, cfg.task, cfg.features):
+        t.add_row(part, name, values)
     console.print(t)
 
 
@@ -134,6 +148,7 @@ def _guard(fn):
     from harmonia.ensembles.bundle import BundleError
     from harmonia.ensembles.library import LibraryError
     from harmonia.search.cluster import ClusterError
+    from harmonia.search.failures import SearchFailed
     from harmonia.spaces import SpaceError
     from harmonia.tracking import TrackingError
 
@@ -142,6 +157,8 @@ def _guard(fn):
     except (ConfigError, SpaceError, DatasetError, AudioError, ClusterError, TrackingError, LibraryError,
             BundleError, FileNotFoundError) as err:
         fail(str(err))
+    except SearchFailed as err:
+        fail(str(err), code=1)
 
 
 @app.command()
@@ -149,62 +166,49 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
              metric: str = "mAP",
              method: str = typer.Option("all", help="a method, a comma-separated list, or 'all' to compare them"),
              top_k: int = typer.Option(5, min=1),
+             folds: int = typer.Option(5, min=2, help="held-out folds of valid for the honest scores"),
+             rule: str = typer.Option("one_se", help="recommendation: one_se (simplest within one s.e. of the best "
+                                                     "honest score), paired_se, or best"),
              snapshots: bool = typer.Option(True, help="also use the epoch snapshots trials kept (train.snapshots)"),
              config: Optional[Path] = typer.Option(None, help="take the tracking URI from this config"),
              tracking_uri: Optional[str] = UriOption):
-    """Ensembles fitted on valid from the finished trials of EXPERIMENT; one MLflow run per method."""
+    """Ensembles fitted on valid from the finished trials of EXPERIMENT, each scored honestly on held-out
+    folds of valid; one MLflow run per method and a recommendation for export."""
+    from harmonia.ensembles.honest import RULES
     from harmonia.ensembles.methods import METHODS
     from harmonia.ensembles.stage import build_ensembles
-    from harmonia.metrics import METRICS, get_metric
+    from harmonia.ensembles.tables import print_comparison, print_methods
+    from harmonia.metrics import METRICS
 
     uri = _uri(tracking_uri, config)
     methods = sorted(METHODS) if method == "all" else [m.strip() for m in method.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         fail(f"--method: unknown {', '.join(unknown)}; valid: all, {', '.join(sorted(METHODS))}")
+    if rule not in RULES:
+        fail(f"--rule: unknown {rule!r}; valid: {', '.join(RULES)}")
     clip_metrics = sorted(m for m, spec in METRICS.items() if spec.inputs == "scores")
     if metric not in clip_metrics:
         fail(f"--metric: unknown {metric!r} for ensembles of clip scores; valid: {', '.join(clip_metrics)}")
     reports, table = _guard(lambda: build_ensembles(uri, experiment, methods=methods, size=size, metric=metric,
-                                                    top_k=top_k, snapshots=snapshots,
+                                                    top_k=top_k, snapshots=snapshots, folds=folds, rule=rule,
                                                     skip_unavailable=method == "all"))
-    if len(reports) == 1:
-        print_comparison(reports[0])
-        return
-    t = Table(title=f"ensemble methods on {experiment} ({metric}; weights fitted on valid, test only reported)")
-    for col in ("method", "valid", "test", "members", "ensemble run"):
-        t.add_column(col)
-    fitted = table.loc[table["run_id"] != "", "valid"]
-    best = fitted.idxmax() if get_metric(metric).greater_is_better else fitted.idxmin()
-    for i, r in table.iterrows():
-        style = "bold green" if i == best else None
-        t.add_row(r["method"], f"{r['valid']:.4f}", f"{r['test']:.4f}", str(r["members"]), r["run_id"], style=style)
-    console.print(t)
-    console.print(f"export the best on valid: harmonia export out/{experiment} --run {table.loc[best, 'run_id']}")
-
-
-def print_comparison(report) -> None:
-    scores = [c for c in ("oof", "valid", "test") if c in report.comparison.columns]  # oof: cv_selection
-    on = "out-of-fold predictions of train ∪ valid" if "oof" in scores else "valid"
-    t = Table(title=f"{report.method} ensemble vs single models ({report.metric}; fitted on {on})")
-    for col in ("model", *scores, "members"):
-        t.add_column(col)
-    for model, row in report.comparison.iterrows():
-        t.add_row(model, *(f"{row[c]:.4f}" for c in scores), str(int(row["members"])))
-    console.print(t)
-    names = dict(zip(report.library.run_ids, report.library.run_names))
-    console.print("members: " + ", ".join(f"{names[r]}×{w:.2f}" for r, w in report.members))
-    console.print(f"ensemble run: [bold]{report.run_id}[/]")
+    if len(methods) == 1:  # the one method asked for, beside the best single model and the top-k average
+        print_comparison(next(r for r in reports if r.method == methods[0]))
+    print_methods(experiment, metric, reports, table, rule)
 
 
 @app.command()
 def export(out: Path, run: str = typer.Option(..., "--run", help="the ensemble run id"),
            model_name: Optional[str] = typer.Option(None, help="registered model name (default harmonia-<experiment>)"),
+           force: bool = typer.Option(False, "--force", help="replace the contents of a non-empty OUT"),
            config: Optional[Path] = typer.Option(None), tracking_uri: Optional[str] = UriOption):
     """Write the bundle for ensemble run RUN to OUT and register it as an MLflow model."""
-    from harmonia.ensembles.bundle import export_bundle, register_model
+    from harmonia.ensembles.bundle import check_ensemble_run, check_export_dir, export_bundle, register_model
 
     uri = _uri(tracking_uri, config)
+    _guard(lambda: check_export_dir(out, force))
+    _guard(lambda: check_ensemble_run(uri, run))
     name = model_name or _default_model_name(uri, run)
     _guard(lambda: export_bundle(uri, run, out, name=name))
     ref = _guard(lambda: register_model(uri, out, run, name))
@@ -222,30 +226,47 @@ def _default_model_name(uri: str, run_id: str) -> str:
 @app.command()
 def predict(bundle: Path, files: list[Path], output: Path = typer.Option(Path("tags.tsv"), "-o", "--output"),
             events: Optional[Path] = typer.Option(None, help="also write DCASE events (SED bundles) to this TSV")):
-    """Score WAV FILES with an exported BUNDLE; write filename, per-class scores and tags as TSV."""
+    """Score WAV FILES with an exported BUNDLE; write filename, per-class scores and tags as TSV.
+
+    A file that cannot be read is reported with its reason and left out; the others are written; exit 1."""
     from harmonia.ensembles.predictor import EnsemblePredictor
 
     predictor = _guard(lambda: EnsemblePredictor.load(bundle))
-    df = _guard(lambda: predictor.predict_files(files))
+    df, bad = _guard(lambda: predictor.predict_readable(files))
     df.to_csv(output, sep="\t", index=False, float_format="%.6f")
     console.print(f"wrote {len(df)} rows to {output}")
     if events is not None:
+        good = [f for f in files if str(f) not in bad]
         try:
-            ev = _guard(lambda: predictor.predict_events(files))
+            ev = _guard(lambda: predictor.predict_events(good))
         except ValueError as err:
             fail(str(err))
         ev.to_csv(events, sep="\t", index=False)
         console.print(f"wrote {len(ev)} events to {events}")
+    if bad:
+        for f, reason in bad.items():
+            console.print(f"[bold red]skipped:[/] {escape(f)}: {escape(reason)}", highlight=False)
+        console.print(f"{len(bad)} of {len(files)} files could not be read; their rows are missing from {output}")
+        raise typer.Exit(1)
 
 
 @app.command()
-def quickstart(config: Path = typer.Argument(Path("configs/quickstart.yaml")),
+def quickstart(config: Optional[Path] = typer.Argument(None, help=f"a config file (default: {QUICKSTART_CONFIG} "
+                                                                  "when present, else the built-in defaults)"),
                num_samples: Optional[int] = typer.Option(None, min=1)):
     """The main job: dataset → search → ensemble → export → predict, then a summary."""
     from harmonia.quickstart import run_quickstart
 
-    cfg = _apply(_config(config if config.is_file() else None), None, num_samples, None)
+    cfg = _apply(_config(quickstart_config(config)), None, num_samples, None)
     _guard(lambda: run_quickstart(cfg))
+
+
+def quickstart_config(path: Optional[Path]) -> Optional[Path]:
+    """The config `harmonia quickstart` runs: PATH as given (load_config refuses a missing one); without
+    it the packaged `configs/quickstart.yaml` when present here, else None (the built-in defaults)."""
+    if path is not None:
+        return path
+    return QUICKSTART_CONFIG if QUICKSTART_CONFIG.is_file() else None
 
 
 def main() -> None:  # pragma: no cover

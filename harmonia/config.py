@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,8 +37,13 @@ class _Strict(BaseModel):
 
 
 class SynthConfig(_Strict):
-    """How `harmonia data synth` builds the default dataset when it is absent."""
+    """How `harmonia data synth` builds the default dataset when it is absent.
 
+    It is generated on the spot only at `root` (the default location): a `data.root` elsewhere that holds
+    no dataset is an error, so that a mistyped path never gets a dataset of its own.
+    """
+
+    root: str = "data/synth"
     clips: int = Field(600, gt=0)
     seconds: float = Field(4.0, gt=0)
     seed: int = 0
@@ -46,8 +51,30 @@ class SynthConfig(_Strict):
     scenes: int = Field(10, ge=2, le=10)  # task scene: how many of the ten DCASE 2018 scenes
 
 
+SplitName = Literal["train", "valid", "test", "unlabeled"]
+
+
+class SplitSourceConfig(_Strict):
+    """One metadata file of a split and the audio folder its filenames are relative to (paths under root)."""
+
+    metadata: str
+    audio: str
+    durations: str | None = None
+
+
 class DataConfig(_Strict):
+    """Where the dataset is and how to read it (formats: `harmonia.data.formats`; README "Dataset formats")."""
+
     root: str = "data/synth"
+    format: str | None = None  # None: detected from the folder (an error names the candidates when ambiguous)
+    # harmonia, flat, desed: the metadata files (and audio folders) that make a split, replacing the found ones
+    splits: dict[SplitName, list[SplitSourceConfig]] = Field(default_factory=dict)
+    # desed: subset glob -> split (e.g. "validation/synthetic*": none); fsdkaggle2018: usage -> split;
+    # fsd50k: dev split (train, val) -> split. `none` leaves them out.
+    subsets: dict[str, SplitName | Literal["none"]] = Field(default_factory=dict)
+    test_fold: int | None = Field(None, ge=0)  # esc50 (default 5), urbansound8k (default 10)
+    valid_fold: int | None = Field(None, ge=0)  # esc50 (default 4), urbansound8k (default 9)
+    clip_seconds: float | None = Field(None, gt=0)  # clips shorter than half of it are warned about (default: median)
     synth: SynthConfig | None = Field(default_factory=SynthConfig)
 
 
@@ -112,16 +139,21 @@ class FeatureConfig(_Strict):
     nnf_k: int = Field(8, gt=0)
     augmented_copies: AugmentedCopiesConfig = Field(default_factory=AugmentedCopiesConfig)
     cache_dir: str = ".harmonia_cache"
+    # Above this many MB of features (all kinds a search builds, augmented copies included) trials
+    # memory-map consolidated per-split files under cache_dir instead of sharing one in-memory
+    # FeatureSet through Ray's object store (harmonia/feature_store.py); on a cluster cache_dir must
+    # then be storage that every node mounts at the same path.
+    memory_budget_mb: float = Field(2048.0, ge=0)
 
     def identity(self) -> dict[str, Any]:
         """The fields that change this kind's features of one waveform (what `key()` hashes).
 
-        Leaves out the cache location, the augmented copies (each copy is cached under its own
+        Leaves out the cache location and memory budget, the augmented copies (each copy is cached under its own
         name next to the original) and the fields of other kinds, so that adding a kind or a copy
         keeps every existing cache entry valid.
         """
         unused = {f for kind, fs in FEATURE_KIND_FIELDS.items() if kind != self.kind for f in fs}
-        return self.model_dump(exclude={"cache_dir", "augmented_copies", *unused})
+        return self.model_dump(exclude={"cache_dir", "memory_budget_mb", "augmented_copies", *unused})
 
     def key(self) -> str:
         """Stable hash of every field that changes the computed features."""
@@ -171,14 +203,27 @@ class TrainConfig(_Strict):
     # the best are logged under snapshots/ with their weights and predictions.
     snapshots: int = Field(0, ge=0)
     # k >= 2: each trial trains k fold models on train ∪ valid and logs out-of-fold predictions
-    # (trainables/cross_validation.py); 0 or 1: one model trained on train, early-stopped on valid.
-    cv_folds: int = Field(0, ge=0)
+    # (trainables/cross_validation.py); 0 or 1: one model trained on train, early-stopped on valid;
+    # "predefined": one fold per predefined fold of train ∪ valid (the dataset's `fold` column: ESC-50, UrbanSound8K).
+    cv_folds: Annotated[int, Field(ge=0)] | Literal["predefined"] = 0
+
+    @property
+    def cross_validated(self) -> bool:
+        """True when trials train fold models (k >= 2 folds, or the dataset's predefined folds)."""
+        return self.cv_folds == "predefined" or self.cv_folds >= 2
 
 
 class EnsembleConfig(_Strict):
+    """The ensemble stage of the quickstart: the candidate methods (the best single model and the plain
+    average are always candidates), their honest folds and the recommendation rule."""
+
     size: int = Field(20, gt=0)
     top_k_average: int = Field(5, gt=0)
     metric: Literal["mAP", "auc", "f1", "accuracy", "log_loss"] = "mAP"
+    methods: list[str] = Field(default_factory=lambda: ["average", "bagged_selection", "weighted",
+                                                        "per_class_selection", "stacking"])
+    folds: int = Field(5, ge=2)
+    rule: Literal["one_se", "paired_se", "best"] = "one_se"
 
 
 class HarmoniaConfig(_Strict):
@@ -212,11 +257,11 @@ class HarmoniaConfig(_Strict):
 
     @model_validator(mode="after")
     def _cv_without_snapshots(self) -> "HarmoniaConfig":
-        if self.train.cv_folds >= 2 and self.train.snapshots > 0:
+        if self.train.cross_validated and self.train.snapshots > 0:
             raise ValueError(f"train.cv_folds={self.train.cv_folds} with train.snapshots={self.train.snapshots}: "
                              "epoch snapshots are not supported in cross-validated trials (each fold model stops "
                              "at its own epoch); set train.snapshots: 0 or train.cv_folds: 0")
-        if self.train.cv_folds >= 2 and self.task == "scene":
+        if self.train.cv_folds != "predefined" and self.train.cross_validated and self.task == "scene":
             raise ValueError(f"train.cv_folds={self.train.cv_folds} with task 'scene': the folds are split by "
                              "label set, not by recording location, so clips of one location would be on both "
                              "sides of a fold (the scene valid split holds out whole locations); set train.cv_folds: 0")
@@ -227,6 +272,8 @@ class HarmoniaConfig(_Strict):
         base = (base or Path.cwd()).resolve()
         c = self.model_copy(deep=True)
         c.data.root = str(_abs(c.data.root, base))
+        if c.data.synth is not None:
+            c.data.synth.root = str(_abs(c.data.synth.root, base))
         c.features.cache_dir = str(_abs(c.features.cache_dir, base))
         c.tracking.artifacts = str(_abs(c.tracking.artifacts, base))
         c.search.storage_path = str(_abs(c.search.storage_path, base))
@@ -298,6 +345,10 @@ def load_config(path: str | Path) -> HarmoniaConfig:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: malformed YAML: {getattr(err, 'problem', err)}") from None
-    if data is not None and not isinstance(data, dict):
+    if data is None or data == {}:
+        raise ConfigError(f"{path}: empty config file (expected a mapping of keys such as name, data, search, "
+                          "space; see configs/quickstart.yaml); run `harmonia quickstart` without a path for "
+                          "the packaged default")
+    if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return parse_config(data, str(path))

@@ -264,19 +264,46 @@ class FeatureCache:
     def get_many(self, paths: Sequence[str | Path], workers: int | None = None,
                  progress: bool = True) -> list[np.ndarray]:
         """Features for every path, computing the missing ones in parallel processes."""
-        return [row[0] for row in self._get(paths, (None,), workers, progress, "features")]
+        return [row[0] for row in self._get(paths, (None,), workers, progress, "features")[1]]
 
     def get_copies(self, paths: Sequence[str | Path], copies: Sequence[WaveCopy], workers: int | None = None,
                    progress: bool = True) -> list[list[np.ndarray]]:
         """`out[j][i]`: features of copy j of path i; missing ones computed in parallel processes
         (one task per file: its audio is read once for all of its missing copies)."""
-        rows = self._get(paths, tuple(copies), workers, progress, "augmented copies")
+        rows = self._get(paths, tuple(copies), workers, progress, "augmented copies")[1]
         return [[row[j] for row in rows] for j in range(len(copies))]
 
+    def fill(self, paths: Sequence[str | Path], variants: Sequence[WaveCopy | None] = (None,),
+             workers: int | None = None, progress: bool = True) -> tuple[list[list[Path]], list[list[tuple]]]:
+        """Entries `[i][j]` (path i, variant j; None = the original) and their array shapes, computing
+        the missing ones; reads only .npy headers and keeps no arrays (datasets larger than memory)."""
+        return self._get(paths, tuple(variants), workers, progress, "features", keep=False)
+
+    def shape_of(self, entry: Path) -> tuple | None:
+        """The shape of a complete, well-formed entry from its .npy header, or None (a bad one is removed)."""
+        if not entry.is_file():
+            return None
+        try:
+            with open(entry, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                offset = f.tell()
+        except (ValueError, OSError, EOFError):
+            shape, fortran, dtype, offset = (), True, None, 0
+        ok = (len(shape) == 2 and shape[1] == self.cfg.n_features and dtype == np.float32 and not fortran
+              and entry.stat().st_size == offset + 4 * shape[0] * shape[1])
+        if not ok:
+            entry.unlink(missing_ok=True)
+            return None
+        return tuple(shape)
+
     def _get(self, paths: Sequence[str | Path], variants: tuple[WaveCopy | None, ...], workers: int | None,
-             progress: bool, label: str) -> list[list[np.ndarray]]:
+             progress: bool, label: str, keep: bool = True) -> tuple[list[list[Path]], list[list]]:
+        """(entries, arrays) — or (entries, shapes) without `keep` — of every (path, variant)."""
+        probe = self.load if keep else self.shape_of
         entries = [[self.entry(p, v, d) for v in variants] for p, d in ((p, file_digest(p)) for p in paths)]
-        out: list[list[np.ndarray | None]] = [[self.load(e) for e in row] for row in entries]
+        out: list[list] = [[probe(e) for e in row] for row in entries]
         todo = [(i, tuple(j for j, a in enumerate(row) if a is None)) for i, row in enumerate(out)]
         todo = [(i, js) for i, js in todo if js]
         if todo:
@@ -286,7 +313,7 @@ class FeatureCache:
 
                 def finish(i: int, js: tuple[int, ...], arrays: list[np.ndarray]) -> None:
                     for j, a in zip(js, arrays):
-                        out[i][j] = a
+                        out[i][j] = a if keep else a.shape
                         self.store(entries[i][j], a)
                     advance()
 
@@ -297,21 +324,30 @@ class FeatureCache:
                     with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_per_worker) as pool:
                         futures = [(i, js, pool.submit(_extract_variants, str(paths[i]), self.cfg,
                                                        tuple(variants[j] for j in js))) for i, js in todo]
-                        for i, js, fut in futures:
+                        for k, (i, js, fut) in enumerate(futures):
                             finish(i, js, fut.result())
-        return out  # type: ignore[return-value]
+                            futures[k] = None  # type: ignore[call-overload]  # drop the result: keep=False holds no arrays
+        return entries, out
 
 
-def stack_frames(arrays: Iterable[np.ndarray], frames: int) -> np.ndarray:
-    """Crop or pad (with each clip's minimum, i.e. silence) to a fixed number of frames: [N, T, F]."""
+def stack_frames(arrays: Iterable[np.ndarray], frames: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Crop or pad (with each clip's minimum, i.e. silence) to a fixed number of frames: [N, T, F],
+    written into `out` when given (rows of a memory-mapped file)."""
     arrays = list(arrays)
     n_mels = arrays[0].shape[1] if arrays else 0
-    out = np.empty((len(arrays), frames, n_mels), dtype=np.float32)
+    out = np.empty((len(arrays), frames, n_mels), dtype=np.float32) if out is None else out
     for i, a in enumerate(arrays):
         t = min(frames, a.shape[0])
         out[i, :t] = a[:t]
         out[i, t:] = a.min() if a.size else 0.0
     return out
+
+
+def row_chunks(n: int, row_size: int, chunk_elements: int = 1 << 22) -> list[slice]:
+    """Slices of about `chunk_elements` values over n rows of `row_size` values each: what streaming
+    passes over a (memory-mapped) [N, T, F] array read at a time."""
+    step = max(1, chunk_elements // max(row_size, 1))
+    return [slice(a, min(a + step, n)) for a in range(0, n, step)]
 
 
 @dataclass
@@ -323,8 +359,16 @@ class Normalizer:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> "Normalizer":
-        flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        return cls(flat.mean(0).astype(np.float32), (flat.std(0) + 1e-5).astype(np.float32))
+        """Mean and std over every frame of x [N, T, F], two passes in float64 over `row_chunks`, so a
+        memory-mapped x is never read whole and in-memory and memory-mapped x give the same bits."""
+        f = x.shape[-1]
+        row = int(np.prod(x.shape[1:-1], dtype=np.int64))
+        chunks = row_chunks(len(x), row * f)
+        count = max(len(x) * row, 1)
+        total = sum((np.asarray(x[c], np.float64).reshape(-1, f).sum(0) for c in chunks), np.zeros(f))
+        mean = total / count
+        sq = sum((np.square(np.asarray(x[c], np.float64).reshape(-1, f) - mean).sum(0) for c in chunks), np.zeros(f))
+        return cls(mean.astype(np.float32), (np.sqrt(sq / count) + 1e-5).astype(np.float32))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) / self.std).astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -17,12 +18,68 @@ PAD = -1
 """Padding of `SplitArrays.y_seq` after the end of a clip's sequence."""
 
 
+class PickedRows:
+    """Row i is `sources[which[i]][index[i]]`, read only when indexed: a lazy row selection over
+    memory-mapped arrays (a fold's rows, an epoch's pick of waveform copies) that copies nothing."""
+
+    def __init__(self, sources: list, which: np.ndarray, index: np.ndarray):
+        which, index = np.asarray(which, np.int64), np.asarray(index, np.int64)
+        self.sources: list = []
+        self.which, self.index = np.empty_like(which), np.empty_like(index)
+        for s, src in enumerate(sources):  # a PickedRows source is flattened onto its own sources
+            m = which == s
+            if isinstance(src, PickedRows):
+                self.which[m] = src.which[index[m]] + len(self.sources)
+                self.index[m] = src.index[index[m]]
+                self.sources.extend(src.sources)
+            else:
+                self.which[m], self.index[m] = len(self.sources), index[m]
+                self.sources.append(src)
+        self.shape = (len(which), *self.sources[0].shape[1:]) if self.sources else (0,)
+        self.dtype = self.sources[0].dtype if self.sources else np.dtype(np.float32)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        """Rows `key` (int, slice or index array) as a new in-memory array, read source by source."""
+        rows = np.arange(len(self))[key]
+        if np.ndim(rows) == 0:
+            return np.asarray(self.sources[self.which[rows]][self.index[rows]])
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        which, index = self.which[rows], self.index[rows]
+        for s in np.unique(which):
+            m = which == s
+            out[m] = self.sources[s][index[m]]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def is_mapped(x) -> bool:
+    """Whether x is read from disk on indexing (a np.memmap or a PickedRows), not held in memory."""
+    return isinstance(x, (np.memmap, PickedRows))
+
+
+def gather_rows(sources: list, which: np.ndarray, index: np.ndarray) -> "np.ndarray | PickedRows":
+    """Rows `sources[which[i]][index[i]]`: lazy (`PickedRows`) when a source is memory-mapped, else a
+    new in-memory array with the same values."""
+    rows = PickedRows(sources, which, index)
+    return rows if any(is_mapped(s) for s in sources) else rows[:]
+
+
 @dataclass
 class SplitArrays:
     clip_ids: list[str]
-    x: np.ndarray  # [N, T, F] float32, normalized
+    x: "np.ndarray | PickedRows"  # [N, T, F] float32, normalized; np.memmap or PickedRows above the memory budget
     y: np.ndarray  # [N, C] float32 multi-hot (one-hot for scenes)
-    y_frames: np.ndarray | None = None  # [N, T, C] uint8, strong labels only
+    y_frames: "np.ndarray | PickedRows | None" = None  # [N, T, C] uint8, strong labels only
     y_seq: np.ndarray | None = None  # [N, L] int64 class indices in order of onset, PAD after; strong labels only
 
     def sequences(self) -> list[list[int]]:
@@ -72,14 +129,12 @@ class FeatureSet:
         pick = np.asarray(pick)
         if pick.shape != (len(base.y),) or pick.min() < 0 or pick.max() > len(self.train_copies):
             raise ValueError(f"pick must be {len(base.y)} ints in [0, {len(self.train_copies)}]")
-        x = base.x.copy()
-        yf = None if base.y_frames is None else base.y_frames.copy()
-        for j, c in enumerate(self.train_copies, start=1):
-            rows = np.flatnonzero(pick == j)
-            if len(rows):
-                x[rows] = c.x[rows]
-                if yf is not None and c.y_frames is not None:
-                    yf[rows] = c.y_frames[rows]
+        keep = np.arange(len(pick))
+        x = gather_rows([base.x, *(c.x for c in self.train_copies)], pick, keep)
+        yf = None
+        if base.y_frames is not None:
+            frames = [base.y_frames, *(base.y_frames if c.y_frames is None else c.y_frames for c in self.train_copies)]
+            yf = gather_rows(frames, pick, keep)
         return replace(base, x=x, y_frames=yf)
 
     @property
@@ -119,30 +174,48 @@ def scale_events(events, factor: float):
     return out
 
 
+def split_ids(ds: Dataset) -> dict[str, list[str]]:
+    """Clip ids of the non-empty splits among train/valid/test (others, e.g. `unlabeled`, are not trained on)."""
+    ids_of = {split: list(ds.split(split)["clip_id"]) for split in SPLITS}
+    ids_of = {split: ids for split, ids in ids_of.items() if ids}
+    if "train" not in ids_of:
+        raise ValueError(f"{ds.root}: the dataset has no train split")
+    return ids_of
+
+
+def split_targets(ds: Dataset, split: str, ids: list[str], frames: int,
+                  hop: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Clip targets [N, C], and for strong labels frame [N, T, C] and sequence [N, L] targets, of one split."""
+    yf = frame_targets(ds.events, ids, list(ds.classes), frames, hop) if ds.has_strong else None
+    ys = sequence_targets(ds.split(split)["sequence"], list(ds.classes)) if ds.has_strong else None
+    return ds.targets(split), yf, ys
+
+
+def recorded_feature(cfg: FeatureConfig) -> dict:
+    """The feature dict a FeatureSet records with each model: what inference needs to recompute the
+    features (`FeatureConfig(**feature)`), plus the augmented copies when there are any."""
+    feature = cfg.identity()
+    if cfg.augmented_copies.n_copies:
+        feature["augmented_copies"] = cfg.augmented_copies.model_dump()
+    return feature
+
+
 def build_feature_set(ds: Dataset, cfg: FeatureConfig, progress: bool = True,
                       workers: int | None = None) -> FeatureSet:
     """Read (or fill) the feature cache for every clip and every augmented copy of the train clips;
     normalization statistics from the train originals only."""
     cache = FeatureCache(cfg)
-    all_clips = ds.clips
+    all_clips = ds.clips[ds.clips["split"].isin(SPLITS)]  # an `unlabeled` split is kept in the Dataset, not trained on
     arrays = cache.get_many(list(all_clips["path"]), workers=workers, progress=progress)
     by_id = dict(zip(all_clips["clip_id"], arrays))
-    ids_of = {split: list(ds.split(split)["clip_id"]) for split in SPLITS}
-    ids_of = {split: ids for split, ids in ids_of.items() if ids}
-    if "train" not in ids_of:
-        raise ValueError(f"{ds.root}: the dataset has no train split")
+    ids_of = split_ids(ds)
     # The clip length (median over train) is fitted like the normalizer: valid/test change neither.
     frames = int(np.median([by_id[i].shape[0] for i in ids_of["train"]]))
     raw = {split: (ids, stack_frames((by_id[i] for i in ids), frames)) for split, ids in ids_of.items()}
     norm = Normalizer.fit(raw["train"][1])
-    feature = cfg.identity()  # what inference needs to recompute the features (FeatureConfig(**feature))
-    if cfg.augmented_copies.n_copies:
-        feature["augmented_copies"] = cfg.augmented_copies.model_dump()  # recorded with each trial's model
-    fs = FeatureSet(list(ds.classes), feature, norm, frames)
+    fs = FeatureSet(list(ds.classes), recorded_feature(cfg), norm, frames)
     for split, (ids, x) in raw.items():
-        yf = frame_targets(ds.events, ids, fs.classes, frames, cfg.hop_seconds) if ds.has_strong else None
-        ys = sequence_targets(ds.split(split)["sequence"], fs.classes) if ds.has_strong else None
-        fs.splits[split] = SplitArrays(ids, norm(x), ds.targets(split), yf, ys)
+        fs.splits[split] = SplitArrays(ids, norm(x), *split_targets(ds, split, ids, frames, cfg.hop_seconds))
     copies = wave_copies(cfg.augmented_copies)
     if copies:
         _add_train_copies(fs, ds, cache, copies, workers, progress)
@@ -157,17 +230,25 @@ def build_feature_sets(ds: Dataset, cfg: FeatureConfig, kinds: list[str], progre
             for k in dict.fromkeys(kinds)}
 
 
-def pick_feature_set(data: "FeatureSet | dict[str, FeatureSet]", params: dict) -> FeatureSet:
+@runtime_checkable
+class FeatureSource(Protocol):
+    """A small picklable stand-in for a FeatureSet (memory-mapped features, `harmonia.feature_store`):
+    what the object store carries; a trial opens it on its node."""
+
+    def open(self) -> FeatureSet: ...
+
+
+def pick_feature_set(data: "FeatureSet | FeatureSource | dict", params: dict) -> FeatureSet:
     """The FeatureSet of the kind a trial sampled (`params["features.kind"]`) from the search's mapping
-    kind → FeatureSet; a lone FeatureSet is returned as is. A trial without the param (sampled before
-    the kind was searchable, then resumed) takes the first, the config's kind."""
-    if isinstance(data, FeatureSet):
-        return data
+    kind → FeatureSet (or FeatureSource, opened here); a lone one is returned as is (opened). A trial
+    without the param (sampled before the kind was searchable, then resumed) takes the first, the config's kind."""
+    if not isinstance(data, dict):
+        return data.open() if isinstance(data, FeatureSource) else data
     kind = params.get(FEATURE_KIND_PARAM)
     if kind is None:
-        return next(iter(data.values()))
+        return pick_feature_set(next(iter(data.values())), params)
     try:
-        return data[kind]
+        return pick_feature_set(data[kind], params)
     except KeyError:
         raise ValueError(f"{FEATURE_KIND_PARAM}={kind!r}: the search built features of {', '.join(data)} only") from None
 
@@ -199,22 +280,26 @@ def load_data(cfg, progress: bool = True) -> Dataset:
     task 1 scenes for task scene), validated; a dataset without the task's labels is refused."""
     from pathlib import Path
 
-    from harmonia.data.datasets import check_task_data, load_dataset
-    from harmonia.data.scenes import is_scene_dataset
+    from harmonia.data.datasets import check_task_data, dataset_present, load_dataset, read_options
     from harmonia.data.synth import synthesize, synthesize_scenes
 
     root = Path(cfg.data.root)
     task = getattr(cfg, "task", "tagging")
-    if not (root / "metadata").is_dir() and not is_scene_dataset(root):
+    if not dataset_present(root, cfg.data.format):
         expected = f"{root}/meta.csv + evaluation_setup/" if task == "scene" else f"{root}/metadata/*.tsv"
         if cfg.data.synth is None:
             raise FileNotFoundError(f"{root}: no dataset here (expected {expected}) and data.synth is off")
         s = cfg.data.synth
+        if root.resolve() != Path(s.root).resolve():
+            raise FileNotFoundError(
+                f"data.root {root}: no dataset here (expected {expected}); data.synth generates one only at its "
+                f"default location {Path(s.root).resolve()} (data.synth.root). Check data.root for a typo, or "
+                f"generate one there: harmonia data synth {root}")
         if task == "scene":
             synthesize_scenes(root, clips=s.clips, seconds=s.seconds, seed=s.seed, sample_rate=s.sample_rate,
                               progress=progress, scenes=s.scenes)
         else:
             synthesize(root, clips=s.clips, seconds=s.seconds, seed=s.seed, sample_rate=s.sample_rate, progress=progress)
-    ds = load_dataset(root)
+    ds = load_dataset(root, options=read_options(cfg.data, getattr(cfg, "features", None)))
     check_task_data(ds, task)
     return ds

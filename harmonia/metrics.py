@@ -312,9 +312,22 @@ def _sed_results(metric: object) -> dict[str, float]:
     }
 
 
+def import_sed_eval():
+    """`sed_eval` (and its dependency dcase_util), imported only where event metrics are computed, with
+    dcase_util's `pkg_resources is deprecated` warning filtered at that import."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import dcase_util.containers  # noqa: F401
+        import sed_eval
+    return sed_eval
+
+
 def _evaluate_sed(
     metric: object, reference: EventLists, estimated: EventLists, files: Sequence[str]
 ) -> dict[str, float]:
+    import_sed_eval()
     from dcase_util.containers import MetaDataContainer
 
     for f in files:
@@ -336,8 +349,7 @@ def event_metrics(
 
     Events are {filename: [(onset, offset, label), ...]}; files missing there have no events.
     """
-    import sed_eval
-
+    sed_eval = import_sed_eval()
     metric = sed_eval.sound_event.EventBasedMetrics(
         event_label_list=_sed_labels(reference_events, estimated_events, classes),
         t_collar=DCASE_T_COLLAR,
@@ -355,8 +367,7 @@ def segment_metrics(
     time_resolution: float = DCASE_SEGMENT_RESOLUTION,
 ) -> dict[str, float]:
     """Segment-based F1 / ER (1 s segments, DCASE setting) with sed_eval, file by file."""
-    import sed_eval
-
+    sed_eval = import_sed_eval()
     metric = sed_eval.sound_event.SegmentBasedMetrics(
         event_label_list=_sed_labels(reference_events, estimated_events, classes),
         time_resolution=time_resolution,

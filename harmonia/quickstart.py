@@ -13,7 +13,7 @@ from harmonia.progress import console
 
 
 def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
-    from harmonia.cli import print_methods
+    from harmonia.ensembles.tables import print_methods
     from harmonia.ensembles.bundle import export_bundle, register_model
     from harmonia.ensembles.predictor import EnsemblePredictor
     from harmonia.search.tuner import print_trials, run_search

@@ -12,11 +12,14 @@ import pandas as pd
 
 from harmonia import tracking
 from harmonia.config import ConfigError, HarmoniaConfig
-from harmonia.featureset import FeatureSet, build_feature_sets, load_data
+from harmonia.feature_store import load_feature_sets, open_feature_set
+from harmonia.featureset import FeatureSet, load_data
 from harmonia.metrics import get_metric
 from harmonia.progress import console, progress_bar
 from harmonia.search.callbacks import MlflowRunCloser, ProgressCallback
 from harmonia.search.cluster import connect, prepare_client, relay_progress
+from harmonia.search.failures import FinalTrialErrors, SearchFailed, error_reason, failure_summary
+from harmonia.search.naming import TrialRunNamer
 from harmonia.search.warm_workers import trial_actors_on_warm_workers
 from harmonia.spaces import define_by_run, validate_overrides
 from harmonia.spaces.features import feature_kinds
@@ -34,7 +37,17 @@ class SearchResult:
     trials: pd.DataFrame  # one row per trial: trial_id, status, score, epochs, run_id, params
 
 
-def _log_labels(c, run_id: str, fs: FeatureSet, events: pd.DataFrame | None = None, train: bool = False) -> None:
+def source_groups(clips: pd.DataFrame) -> pd.DataFrame:
+    """clip_id, split, group for every clip: the dataset's `group` column (which clips share a source),
+    else a scene dataset's recording `identifier`, else each clip its own group."""
+    col = next((c for c in ("group", "identifier") if c in clips.columns), None)
+    groups = clips[col].astype(str) if col else clips["clip_id"].astype(str)
+    return pd.DataFrame({"clip_id": clips["clip_id"].astype(str), "split": clips["split"].astype(str),
+                         "group": groups.to_numpy()})
+
+
+def _log_labels(c, run_id: str, fs: FeatureSet, events: pd.DataFrame | None = None, train: bool = False,
+                groups: pd.DataFrame | None = None) -> None:
     """Targets (and strong events) of valid and test on the search run: the ensemble stage needs only MLflow.
     With `train` (cross-validated trials) also those of train: out-of-fold predictions cover train ∪ valid."""
     files = {}
@@ -48,10 +61,13 @@ def _log_labels(c, run_id: str, fs: FeatureSet, events: pd.DataFrame | None = No
                 ev = events[events["clip_id"].isin(fs.splits[split].clip_ids)][["clip_id", "onset", "offset", "event_label"]]
                 files[f"labels/{split}_events.parquet"] = lambda p, ev=ev.reset_index(drop=True): ev.to_parquet(p, index=False)
         files["labels/hop_seconds.json"] = tracking.json_bytes({"hop_seconds": fs.hop_seconds})
+    if groups is not None:
+        files["labels/groups.parquet"] = lambda p: groups.to_parquet(p, index=False)
     tracking.log_files(c, run_id, files)
 
 
-def _search_run(cfg: HarmoniaConfig, exp_id: str, fs: FeatureSet, events, state_file: Path, resume: bool) -> str:
+def _search_run(cfg: HarmoniaConfig, exp_id: str, fs: FeatureSet, events, state_file: Path, resume: bool,
+                groups: pd.DataFrame | None = None) -> str:
     c = tracking.client(cfg.tracking.uri)
     if resume and state_file.is_file():
         run_id = json.loads(state_file.read_text())["search_run_id"]
@@ -60,7 +76,7 @@ def _search_run(cfg: HarmoniaConfig, exp_id: str, fs: FeatureSet, events, state_
     run = tracking.retry(lambda: c.create_run(exp_id, run_name=f"{cfg.name}-search",
                                               tags={tracking.KIND_TAG: "search"}))
     tracking.log_params(c, run.info.run_id, cfg.model_dump(exclude={"tracking"}))
-    _log_labels(c, run.info.run_id, fs, events, train=cfg.train.cv_folds >= 2)
+    _log_labels(c, run.info.run_id, fs, events, train=cfg.train.cross_validated, groups=groups)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"search_run_id": run.info.run_id, "experiment_id": exp_id}))
     return run.info.run_id
@@ -140,37 +156,60 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
     validate_overrides(cfg.space, cfg.task, cfg.features)
     tracking.check_reachable(cfg.tracking.uri)
     ds = load_data(cfg, progress=progress)
-    _check_cv_folds(cfg, ds)
+    fold_of = _check_cv_folds(cfg, ds)
     # Ray starts before the features load: its prestarted workers import torch and mlflow meanwhile.
     connect(cfg.search.address)
-    feature_sets = build_feature_sets(ds, cfg.features, search_kinds(cfg), progress=progress)
-    fs = next(iter(feature_sets.values()))  # clip ids and targets are the same in every kind's
+    # Above features.memory_budget_mb each kind is a small handle to memory-mapped files (feature_store.py).
+    feature_sets = load_feature_sets(ds, cfg.features, search_kinds(cfg), progress=progress)
+    fs = open_feature_set(next(iter(feature_sets.values())))  # clip ids and targets are the same in every kind's
     prepare_client(cfg.search.storage_path, feature_sets)  # ray:// only: storage_path shared with the head
     exp_id = tracking.ensure_experiment(cfg.tracking.uri, cfg.name, cfg.tracking.artifacts)
+    tracking.retry(lambda: tracking.client(cfg.tracking.uri).set_experiment_tag(
+        exp_id, "mlflow.note.content", experiment_description(cfg)))
     path = Path(cfg.search.storage_path) / cfg.name
-    search_run_id = _search_run(cfg, exp_id, fs, ds.events if ds.has_strong else None, path / SEARCH_STATE, resume)
+    search_run_id = _search_run(cfg, exp_id, fs, ds.events if ds.has_strong else None, path / SEARCH_STATE, resume,
+                                groups=source_groups(ds.clips))
     s = cfg.search
     ctx = TrialContext(cfg.tracking.uri, exp_id, search_run_id, s.max_epochs, cfg.train.patience,
                        s.metric, cfg.train.seed, max(1, int(s.resources.cpu)), cfg.task,
                        scheduler_milestones(min(s.grace_period, s.max_epochs), s.reduction_factor, s.max_epochs),
-                       cfg.train.snapshots, cv_folds=cfg.train.cv_folds)
+                       cfg.train.snapshots, cv_folds=len(set(fold_of.values())) if fold_of else cfg.train.cv_folds,
+                       fold_of=tuple(fold_of.items()))
     c = tracking.client(cfg.tracking.uri)
     status = "FAILED"
     try:
         with progress_bar(f"search {cfg.name}", s.num_samples, enabled=progress) as bar, relay_progress(bar) as advance:
-            callbacks = [MlflowRunCloser(cfg.tracking.uri, exp_id), ProgressCallback(s.num_samples, s.metric, advance)]
+            callbacks = [MlflowRunCloser(cfg.tracking.uri, exp_id), ProgressCallback(s.num_samples, s.metric, advance),
+                         FinalTrialErrors(), TrialRunNamer(cfg.tracking.uri, exp_id)]
             tuner = build_tuner(cfg, feature_sets, ctx, callbacks, resume)
             with trial_actors_on_warm_workers(local=s.address is None), only_json_result_logger():
                 results = tuner.fit()
-        status = "FINISHED"
         close_orphans(c, exp_id, search_run_id)
+        errors = [error_reason(r.error) for r in results if r.error is not None]
+        status = "FAILED" if len(results) and len(errors) == len(results) else "FINISHED"
     finally:
         tracking.retry(lambda: c.set_terminated(search_run_id, status))
+    if status == "FAILED":
+        summary = failure_summary(cfg.name, errors)
+        tracking.retry(lambda: c.set_tag(search_run_id, "harmonia.error", summary[:5000]))
+        raise SearchFailed(summary)
     table = trials_table(results, s.metric)
     if len(table):
         best = table.iloc[0]
         tracking.log_metrics(c, search_run_id, {f"best_valid_{s.metric}": float(best["score"])}, step=0)
     return SearchResult(cfg.name, exp_id, search_run_id, str(path), table)
+
+
+def experiment_description(cfg: HarmoniaConfig) -> str:
+    """The experiment's description in MLflow: what is searched, on what, and how its runs are named."""
+    from harmonia.spaces.compose import describe_space
+
+    arch = next(v for _, n, v in describe_space(cfg.space, cfg.task, cfg.features) if n == "arch")
+    return (f"harmonia search `{cfg.name}`: task {cfg.task}, data {cfg.data.root}, {cfg.search.num_samples} trials "
+            f"(Optuna TPE + ASHA, up to {cfg.search.max_epochs} epochs), arch {arch}, ranked by valid_{cfg.search.metric}.\n\n"
+            "Runs: tag harmonia.kind = search (the search, with the labels), trial (named `ARCH-POOLING "
+            "AUGMENTATIONS #N`, e.g. `crnn-attention mixup+tid #3`) or ensemble. Trial params, per-epoch metrics "
+            "and predictions are on each trial run.")
 
 
 def search_kinds(cfg: HarmoniaConfig) -> list[str]:
@@ -180,16 +219,31 @@ def search_kinds(cfg: HarmoniaConfig) -> list[str]:
     return sorted(kinds, key=lambda k: k != cfg.features.kind)
 
 
-def _check_cv_folds(cfg: HarmoniaConfig, ds) -> None:
-    """`train.cv_folds` needs a valid split and at most one fold per clip of train ∪ valid."""
+def _check_cv_folds(cfg: HarmoniaConfig, ds) -> dict[str, int]:
+    """`train.cv_folds` needs a valid split and at most one fold per clip of train ∪ valid; `predefined`
+    needs the dataset's folds (ESC-50, UrbanSound8K) and returns clip id -> fold of train ∪ valid."""
     k = cfg.train.cv_folds
+    if k == "predefined":
+        return _predefined_folds(cfg, ds)
     if k < 2:
-        return
+        return {}
     counts = dict(ds.clips["split"].value_counts())
     n = int(counts.get("train", 0) + counts.get("valid", 0))
     if not counts.get("valid") or k > n:
         raise ConfigError(f"train.cv_folds={k}: needs a valid split and 2 <= k <= the {n} clips of train ∪ valid "
                           f"in {cfg.data.root}")
+    return {}
+
+
+def _predefined_folds(cfg: HarmoniaConfig, ds) -> dict[str, int]:
+    pool = ds.clips[ds.clips["split"].isin(["train", "valid"])]
+    if "fold" not in ds.clips.columns or (pool["fold"] < 0).any():
+        raise ConfigError(f"train.cv_folds=predefined: {cfg.data.root} (format {ds.format}) has no predefined folds "
+                          "(ESC-50 and UrbanSound8K have them); set train.cv_folds to a number")
+    fold_of = dict(zip(pool["clip_id"], pool["fold"].astype(int)))
+    if len(set(fold_of.values())) < 2:
+        raise ConfigError(f"train.cv_folds=predefined: train ∪ valid of {cfg.data.root} spans fewer than 2 folds")
+    return fold_of
 
 
 def close_orphans(c, exp_id: str, search_run_id: str) -> None:

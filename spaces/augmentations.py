@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harmonia.spaces.core import Space, SpaceError, SpacePart
+from harmonia.spaces.core import FRACTION, PART, POSITIVE, PROBABILITY, SIZE, Space, SpaceError, SpacePart
 
 AUGMENTATION_SPACES: dict[str, SpacePart] = {}
 
@@ -29,23 +29,23 @@ def chunkmix_space(s: Space) -> None:
     """Chunk mixing (dcase2018_workshop_proceedings.txt L13552–13564, Table 2 L13591–13599): each
     chunk's chance as the paper varies it (40–80 %), up to its 3 + 2 chunks, and the chunk length as a
     fraction of the clip (the paper's chunks span the whole example, 4 s ± 0.4 s: max_span up to 1)."""
-    s.float("chunkmix.p", 0.4, 0.8)
-    s.int("chunkmix.chunks", 1, 5)
-    s.float("chunkmix.min_span", 0.1, 0.5)
-    s.float("chunkmix.max_span", 0.5, 1.0)
+    s.float("chunkmix.p", 0.4, 0.8, domain=PROBABILITY)
+    s.int("chunkmix.chunks", 1, 5, domain=SIZE)
+    s.float("chunkmix.min_span", 0.1, 0.5, domain=FRACTION)
+    s.float("chunkmix.max_span", 0.5, 1.0, domain=FRACTION)
 
 
 @register_augmentation_space("mixup")
 def mixup_space(s: Space) -> None:
     """α from 0.1 to 2 (sample_mixed_augmentation_crnn.txt §4: best 1.5–2; digest §3: 0.2–1 elsewhere)."""
-    s.float("mixup.alpha", 0.1, 2.0, log=True)
+    s.float("mixup.alpha", 0.1, 2.0, log=True, domain=POSITIVE)
 
 
 @register_augmentation_space("tid")
 def time_interval_dropout_space(s: Space) -> None:
     """Probability around the paper's 30 % and the longest skipped span (proceedings L13679)."""
-    s.float("tid.p", 0.1, 0.5)
-    s.float("tid.max_span", 0.05, 0.3)
+    s.float("tid.p", 0.1, 0.5, domain=PROBABILITY)
+    s.float("tid.max_span", 0.05, 0.3, domain=PART)
 
 
 @register_augmentation_space("samplepairing")
@@ -55,20 +55,20 @@ def samplepairing_space(s: Space) -> None:
 
 @register_augmentation_space("mixup_lp")
 def mixup_lp_space(s: Space) -> None:
-    s.float("mixup_lp.alpha", 0.1, 2.0, log=True)
+    s.float("mixup_lp.alpha", 0.1, 2.0, log=True, domain=POSITIVE)
 
 
 @register_augmentation_space("extrapolation")
 def extrapolation_space(s: Space) -> None:
-    s.float("extrapolation.alpha", 0.1, 2.0, log=True)
+    s.float("extrapolation.alpha", 0.1, 2.0, log=True, domain=POSITIVE)
 
 
 @register_augmentation_space("specaugment")
 def specaugment_space(s: Space) -> None:
-    s.int("specaugment.time_masks", 1, 3)
-    s.int("specaugment.time_width", 5, 40)
-    s.int("specaugment.freq_masks", 1, 3)
-    s.int("specaugment.freq_width", 2, 12)
+    s.int("specaugment.time_masks", 1, 3, domain=SIZE)
+    s.int("specaugment.time_width", 5, 40, domain=SIZE)
+    s.int("specaugment.freq_masks", 1, 3, domain=SIZE)
+    s.int("specaugment.freq_width", 2, 12, domain=SIZE)
 
 
 WAVEFORM_COPIES_PARAM = "aug.waveform_copies"

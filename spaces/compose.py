@@ -8,13 +8,13 @@ from harmonia.config import FeatureConfig
 from harmonia.spaces.architectures import ARCHITECTURE_SPACES, ARCHITECTURE_TASKS, architectures_for
 from harmonia.spaces.augmentations import (AUGMENTATION_SPACES, WAVEFORM_COPIES_PARAM, augmentations_for,
                                            check_waveform_copies, waveform_copies_space)
-from harmonia.spaces.core import RecordingTrial, Space, SpaceError
+from harmonia.spaces.core import POSITIVE, SIZE, RecordingTrial, Space, SpaceError
 from harmonia.spaces.features import FEATURE_KIND_PARAM, feature_kinds, features_space
 
 
 def training_space(s: Space) -> None:
-    s.float("lr", 1e-3, 1e-2, log=True)
-    s.categorical("batch_size", [16, 32, 64])
+    s.float("lr", 1e-3, 1e-2, log=True, domain=POSITIVE)
+    s.categorical("batch_size", [16, 32, 64], domain=SIZE)
     s.bool("balanced_batches")
 
 
@@ -112,3 +112,65 @@ def validate_overrides(overrides: dict[str, Any], task: str | None = "tagging",
     check_waveform_copies(overrides, features.augmented_copies.n_copies)
     if WAVEFORM_COPIES_PARAM in overrides:
         s.bool(WAVEFORM_COPIES_PARAM)
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def describe(name: str, default: Any, override: Any) -> str:
+    """What parameter `name` can take: `fixed V`, `choices a, b` or `range [low, high] (log)`."""
+    if override is not None and not isinstance(override, (list, dict)):
+        return f"fixed {_shown(override)}"
+    if isinstance(override, dict) and "choices" in override:
+        override = override["choices"]
+    if isinstance(override, list) and sorted(override) == [False, True]:
+        return "on or off"
+    if isinstance(override, list):
+        return "fixed " + _shown(override[0]) if len(override) == 1 else "choices " + ", ".join(map(_shown, override))
+    if isinstance(default, tuple):
+        low, high, log = default
+        if isinstance(override, dict):
+            low, high = override.get("low", low), override.get("high", high)
+            log = bool(override.get("log", log))
+        return f"range [{_shown(low)}, {_shown(high)}]" + (" log" if log else "")
+    if list(default) == [False, True]:
+        return "on or off"
+    return "choices " + ", ".join(map(_shown, default))
+
+
+def describe_space(overrides: dict[str, Any] | None, task: str = "tagging",
+                   features: FeatureConfig | None = None) -> list[tuple[str, str, str]]:
+    """(part, parameter, what it can take) for every parameter a search of this config can sample:
+    only the architectures and augmentations of `task` that the overrides leave on."""
+    overrides, features = dict(overrides or {}), features or FeatureConfig()
+    arch_ov = overrides.get("arch")
+    archs = architectures_for(task) if arch_ov is None else list(dict.fromkeys(
+        arch_ov if isinstance(arch_ov, list) else [arch_ov]))  # the sampler's order
+    kinds = feature_kinds(overrides, features.kind)
+    rows = [("search", "arch", describe("arch", archs, archs if len(archs) > 1 else archs[0])),
+            ("features", FEATURE_KIND_PARAM, describe(FEATURE_KIND_PARAM, kinds, kinds)
+             if FEATURE_KIND_PARAM in overrides else f"fixed {features.kind} (features.kind)")]
+
+    def part_rows(part: str, fn, prefix: list[tuple[str, str, str]]) -> None:
+        s = Space(RecordingTrial(), overrides)
+        fn(s)
+        rows.extend(prefix)
+        rows.extend((part, n, describe(n, s.defaults[n], overrides.get(n))) for n in s.defaults)
+
+    for a in archs:
+        part_rows(f"architecture {a}", ARCHITECTURE_SPACES[a], [])
+    part_rows("training", training_space, [])
+    for name in augmentations_for(task):
+        switch = overrides.get(f"aug.{name}")
+        if switch is False or switch == [False]:
+            rows.append((f"augmentation {name}", f"aug.{name}", "off"))
+            continue
+        on = describe(f"aug.{name}", [False, True], switch)
+        part_rows(f"augmentation {name}", AUGMENTATION_SPACES[name], [(f"augmentation {name}", f"aug.{name}", on)])
+    if features.augmented_copies.n_copies:
+        rows.append(("augmentation waveform_copies", WAVEFORM_COPIES_PARAM,
+                     describe(WAVEFORM_COPIES_PARAM, [False, True], overrides.get(WAVEFORM_COPIES_PARAM))))
+    else:
+        rows.append(("augmentation waveform_copies", WAVEFORM_COPIES_PARAM, "off (features.augmented_copies is empty)"))
+    return rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 SpacePart = Callable[["Space"], None]
@@ -9,6 +11,61 @@ SpacePart = Callable[["Space"], None]
 
 class SpaceError(ValueError):
     """A search-space override that cannot be used; names the key and what was expected."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The values a numeric parameter can take at all (not its search range): overrides must stay inside."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is a (finite) number of this domain; bools are not numbers here, while a
+        numeric string is (YAML 1.1 reads `1e-3` without a dot as the string '1e-3')."""
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                return False
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.integer and value != int(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.high == math.inf:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        return (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+POSITIVE = Domain(0.0, low_open=True)
+"""Learning rates, mixing α, width multipliers."""
+DROPOUT = Domain(0.0, 1.0, high_open=True)
+PROBABILITY = Domain(0.0, 1.0)
+FRACTION = Domain(0.0, 1.0, low_open=True)
+"""A part of the clip: more than nothing, at most all of it."""
+PART = Domain(0.0, 1.0, low_open=True, high_open=True)
+"""A part of the clip strictly between nothing and all of it."""
+SIZE = Domain(1, integer=True)
+"""Counts and sizes: blocks, channels, units, batch size, chunks, masks, widths in frames."""
+
+
+def check_domain(name: str, domain: Domain | None, values: Sequence[Any], what: str = "") -> None:
+    """SpaceError naming the parameter, the first value outside `domain` and the domain."""
+    if domain is None:
+        return
+    for v in values:
+        if not domain.contains(v):
+            raise SpaceError(f"space.{name}: {what}{v!r} is outside the parameter's domain: {domain}")
 
 
 class Space:
@@ -25,6 +82,8 @@ class Space:
         self.overrides = overrides or {}
         self.constants: dict[str, Any] = {}
         self.seen: list[str] = []
+        self.domains: dict[str, Domain | None] = {}
+        self.defaults: dict[str, Any] = {}  # name → the part's own range (low, high, log) or choices
 
     def _fixed(self, name: str) -> tuple[bool, Any]:
         self.seen.append(name)
@@ -34,31 +93,46 @@ class Space:
         self.constants[name] = ov
         return True, ov
 
-    def float(self, name: str, low: float, high: float, log: bool = False) -> float:
+    def _declare(self, name: str, domain: Domain | None, default: Any) -> None:
+        self.domains[name], self.defaults[name] = domain, default
+        check_domain(name, domain, [v for v in default if not isinstance(v, bool)] if isinstance(default, list)
+                     else default[:2], "its own default ")
+
+    def float(self, name: str, low: float, high: float, log: bool = False, *, domain: Domain) -> float:
+        self._declare(name, domain, (low, high, log))
         fixed, value = self._fixed(name)
         if fixed:
+            check_domain(name, domain, [value])
             return float(value)
         if isinstance(self.overrides.get(name), list):
-            return float(self.categorical(name, self.overrides[name]))
+            return float(self.categorical(name, self.overrides[name], domain=domain))
         low, high, log = _range(name, self.overrides.get(name), low, high, log)
+        check_domain(name, domain, [low, high], "range end ")
         return self.trial.suggest_float(name, float(low), float(high), log=log)
 
-    def int(self, name: str, low: int, high: int, log: bool = False) -> int:
+    def int(self, name: str, low: int, high: int, log: bool = False, *, domain: Domain) -> int:
+        self._declare(name, domain, (low, high, log))
         fixed, value = self._fixed(name)
         if fixed:
+            check_domain(name, domain, [value])
             return int(value)
         if isinstance(self.overrides.get(name), list):
-            return int(self.categorical(name, self.overrides[name]))
+            return int(self.categorical(name, self.overrides[name], domain=domain))
         low, high, log = _range(name, self.overrides.get(name), low, high, log)
+        check_domain(name, domain, [low, high], "range end ")
         return self.trial.suggest_int(name, int(low), int(high), log=log)
 
-    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
+    def categorical(self, name: str, choices: Sequence[Any], *, domain: Domain | None = None) -> Any:
+        """Choices among `choices`; numeric choices name their `domain`, which override choices must keep."""
+        if name not in self.defaults:
+            self._declare(name, domain, list(choices))
         fixed, value = self._fixed(name)
         if fixed:
             if value not in choices:
                 raise SpaceError(f"space.{name}: {value!r} is not one of {list(choices)}")
             return value
         choices = _choices(name, self.overrides.get(name), choices)
+        check_domain(name, domain, choices, "choice ")
         if len(choices) == 1:
             self.constants[name] = choices[0]
             return choices[0]

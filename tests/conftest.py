@@ -28,7 +28,8 @@ def tiny_config(base: Path, name: str = "tiny", **search):
 
     cfg = parse_config({
         "name": name,
-        "data": {"root": str(base / "data"), "synth": {"clips": 60, "seconds": 2.0, "seed": 1}},
+        "data": {"root": str(base / "data"), "synth": {"root": str(base / "data"), "clips": 60, "seconds": 2.0,
+                                                    "seed": 1}},
         "features": {"n_mels": 32, "hop_length": 320, "n_fft": 512, "cache_dir": str(base / "cache")},
         "tracking": {"uri": f"sqlite:///{base}/mlruns.db", "artifacts": str(base / "mlartifacts")},
         "search": {"num_samples": 4, "max_concurrent": 2, "max_epochs": 3, "grace_period": 1,

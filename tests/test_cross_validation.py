@@ -272,7 +272,8 @@ def test_cv_selection_is_fitted_on_oof_and_matches_or_beats_the_best_single_mode
     assert table.loc["ensemble", "oof"] == pytest.approx(m.fn(lib.y_oof, report.fitted.predict(lib.oof)))
     assert np.isfinite(table.loc["ensemble", "test"]) and np.isfinite(table.loc["best single", "test"])
     run = tracking.client(cfg.tracking.uri).get_run(report.run_id)
-    assert run.data.metrics["ensemble_oof_mAP"] == pytest.approx(table.loc["ensemble", "oof"])
+    assert run.data.metrics["ensemble_insample_oof_mAP"] == pytest.approx(table.loc["ensemble", "oof"])
+    assert run.data.metrics["ensemble_honest_valid_mAP"] == pytest.approx(table.loc["ensemble", "honest"])
     assert report.fitted.params["fitted_on"] == "oof"
 
 

@@ -128,8 +128,12 @@ def test_severities_and_messages(broken):
     assert rate.severity == "warning" and "8000 Hz" in rate.message
     (dup,) = _find(report, "duplicate row")
     assert "same as line" in dup.message
-    assert {p.severity for p in report.problems if p is not rate} == {"error"}
-    assert len(report.errors) == 16 and len(report.warnings) == 1
+    # the broken train clips held the only click_train events: its threshold cannot be fitted (issue 10)
+    (coverage,) = _find(report, "has no positive clip in train")
+    assert coverage.severity == "warning" and (coverage.file, coverage.line) == ("metadata/classes.txt", 6)
+    assert "'click_train'" in coverage.message
+    assert {p.severity for p in report.problems if p not in (rate, coverage)} == {"error"}
+    assert len(report.errors) == 16 and len(report.warnings) == 2
     assert check_dataset(root, sample_rate=8000).warnings[0].file != "audio/train/synth_000005.wav"
 
 
@@ -164,7 +168,8 @@ def test_render_lists_problems_and_summary(broken):
     check_dataset(root).render(Console(file=buf, width=300))
     out = buf.getvalue()
     assert "audio/train/synth_000001.wav" in out and "metadata/durations.tsv" in out
-    assert "Clips per split" in out and "16 errors, 1 warnings" in out
+    assert "Clips per split" in out and "16 errors, 2 warnings" in out
+    assert out.splitlines()[0].startswith("format harmonia (auto-detected) · train: metadata/train.tsv")
 
 
 def test_audio_io(tmp_path: Path):

@@ -140,3 +140,75 @@ def test_duplicate_members_are_collapsed_and_named():
     kept, dupes = collapse_duplicates(loaded)
     assert [k for k, *_ in kept] == ["r1", "r3"]
     assert dupes == {"r1": ["t2", "t4"]}
+
+
+def _tracked_library(tmp_path, members: np.ndarray, test: np.ndarray, yv: np.ndarray, yt: np.ndarray,
+                     groups: list[str]) -> str:
+    """A real SQLite MLflow store holding a search run (labels + groups) and one FINISHED trial run per member."""
+    import pandas as pd
+
+    from harmonia import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    exp = tracking.ensure_experiment(uri, "lib", str(tmp_path / "artifacts"))
+    c = tracking.client(uri)
+    classes = [f"c{i}" for i in range(yv.shape[1])]
+    vid, tid = [f"v{i}" for i in range(len(yv))], [f"t{i}" for i in range(len(yt))]
+
+    def parquet(df):
+        return lambda p: df.to_parquet(p, index=False)
+
+    search = c.create_run(exp, tags={tracking.KIND_TAG: "search"}).info.run_id
+    g = pd.DataFrame({"clip_id": vid + tid, "split": ["valid"] * len(vid) + ["test"] * len(tid),
+                      "group": groups + [f"test-{i}" for i in range(len(tid))]})
+    tracking.log_files(c, search, {"labels/valid.parquet": parquet(tracking.predictions_frame(vid, yv, classes)),
+                                   "labels/test.parquet": parquet(tracking.predictions_frame(tid, yt, classes)),
+                                   "labels/groups.parquet": parquet(g)})
+    c.set_terminated(search, "FINISHED")
+    for i, (pv, pt) in enumerate(zip(members, test)):
+        run = c.create_run(exp, run_name=f"trial{i}", tags={tracking.KIND_TAG: "trial"}).info.run_id
+        tracking.log_files(c, run, {"predictions/valid.parquet": parquet(tracking.predictions_frame(vid, pv, classes)),
+                                    "predictions/test.parquet": parquet(tracking.predictions_frame(tid, pt, classes))})
+        c.set_terminated(run, "FINISHED")
+    return uri
+
+
+def test_tracked_library_collapses_duplicates_uses_groups_and_recommends(tmp_path):
+    """`harmonia ensemble` on a real MLflow store: a rerun trial (same predictions) is collapsed and named,
+    the folds are grouped by the logged sources, one run is tagged recommended, comparison.csv is labelled."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from harmonia import tracking
+    from harmonia.cli import app
+    from harmonia.ensembles.library import collect
+    from harmonia.ensembles.stage import RECOMMENDED_TAG, honest_setup
+
+    preds, y = _library(5, m=6, n=80, c=3)
+    pv, pt, yv, yt = preds[:, :48], preds[:, 48:], y[:48], y[48:]
+    pv = np.concatenate([pv, pv[2:3]])  # trial6 is trial2 rerun with the same seed
+    pt = np.concatenate([pt, pt[2:3]])
+    groups = [f"rec{i // 4}" for i in range(48)]
+    uri = _tracked_library(tmp_path, pv, pt, yv, yt, groups)
+    lib = collect(uri, "lib", progress=False, sed=False)
+    assert lib.n_read == 7 and len(lib.run_ids) == 6
+    assert list(lib.duplicates.values()) == [["trial6"]]
+    setup = honest_setup(lib)
+    assert setup.grouped and "grouped" in setup.describe()
+    for g in set(groups):
+        assert len({setup.folds[i] for i, gi in enumerate(groups) if gi == g}) == 1
+
+    res = CliRunner().invoke(app, ["ensemble", "-e", "lib", "--method", "average,stacking", "--tracking-uri", uri])
+    assert res.exit_code == 0, res.output
+    assert "read 7 members, kept 6" in res.output and "trial6" in res.output and "recommended:" in res.output
+    c = tracking.client(uri)
+    runs = c.search_runs([c.get_experiment_by_name("lib").experiment_id],
+                         filter_string=f"tags.`{tracking.KIND_TAG}` = 'ensemble'")
+    assert sorted(r.data.tags["harmonia.method"] for r in runs) == ["average", "best_single", "stacking"]
+    chosen = [r for r in runs if r.data.tags[RECOMMENDED_TAG] == "true"]
+    assert len(chosen) == 1 and chosen[0].info.run_name.endswith("-recommended")
+    assert chosen[0].info.run_name.split("-")[1] in res.output.split("recommended:")[1]
+    table = pd.read_csv(c.download_artifacts(chosen[0].info.run_id, "comparison.csv", str(tmp_path)))
+    assert {"honest_valid", "honest_valid_se", "insample_valid", "test"} <= set(table.columns)
+    m = chosen[0].data.metrics
+    assert {"honest_valid_mAP", "honest_valid_mAP_se", "insample_valid_mAP", "test_mAP"} <= set(m)

@@ -25,7 +25,8 @@ models' outputs (`FoldAverage`, `load_member_model`).
 Details: the features stay normalized with the statistics of the train originals (as the bundle
 recomputes them); precomputed waveform copies (`features.augmented_copies`) exist for train clips
 only, so a valid clip in a fold's training set is drawn as its original whenever a copy is picked.
-Each fold's FeatureSet holds its own copy of its rows (about k times the features of train ∪ valid).
+Each fold's FeatureSet holds its own copy of its rows (about k times the features of train ∪ valid),
+or, for features memory-mapped above `features.memory_budget_mb`, lazy row views that copy nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harmonia.featureset import PAD, FeatureSet, SplitArrays
+from harmonia.featureset import PAD, FeatureSet, SplitArrays, gather_rows
 from harmonia.trainables.training import EpochResult, NonFiniteLossError, Trainer, pick_device, predict_batches
 
 WEIGHTS_FILE = "model.safetensors"
@@ -73,22 +74,36 @@ def fold_assignment(clip_ids: list[str], y: np.ndarray, k: int, seed: int) -> np
     return fold
 
 
+def predefined_folds(clip_ids: list[str], fold_of: dict[str, int]) -> np.ndarray:
+    """Fold index in [0, k) of each clip from the dataset's predefined folds (`train.cv_folds: predefined`),
+    the k distinct fold numbers in increasing order."""
+    missing = [c for c in clip_ids if c not in fold_of]
+    if missing:
+        raise ValueError(f"{len(missing)} clips have no predefined fold, e.g. {missing[0]!r}")
+    order = {f: i for i, f in enumerate(sorted({fold_of[c] for c in clip_ids}))}
+    return np.array([order[fold_of[c]] for c in clip_ids], np.int64)
+
+
 def take(split: SplitArrays, rows: np.ndarray) -> SplitArrays:
-    """The rows `rows` of a split (copies)."""
-    return SplitArrays([split.clip_ids[i] for i in rows], split.x[rows], split.y[rows],
-                       None if split.y_frames is None else split.y_frames[rows],
+    """The rows `rows` of a split: copies, or lazy `PickedRows` views of memory-mapped features."""
+    rows = np.asarray(rows, np.int64)
+    pick = lambda a: gather_rows([a], np.zeros(len(rows), np.int64), rows)  # noqa: E731
+    return SplitArrays([split.clip_ids[i] for i in rows], pick(split.x), split.y[rows],
+                       None if split.y_frames is None else pick(split.y_frames),
                        None if split.y_seq is None else split.y_seq[rows])
 
 
 def concat(a: SplitArrays, b: SplitArrays) -> SplitArrays:
-    """Rows of `a` then rows of `b`; ordered sequences padded to the longer width."""
-    y_frames = None if a.y_frames is None or b.y_frames is None else np.concatenate([a.y_frames, b.y_frames])
+    """Rows of `a` then rows of `b` (lazy over memory-mapped features); ordered sequences padded to the longer width."""
+    which = np.repeat(np.array([0, 1], np.int64), [len(a.y), len(b.y)])
+    index = np.concatenate([np.arange(len(a.y)), np.arange(len(b.y))])
+    y_frames = None if a.y_frames is None or b.y_frames is None else gather_rows([a.y_frames, b.y_frames], which, index)
     y_seq = None
     if a.y_seq is not None and b.y_seq is not None:
         width = max(a.y_seq.shape[1], b.y_seq.shape[1])
         pad = lambda s: np.pad(s, ((0, 0), (0, width - s.shape[1])), constant_values=PAD)  # noqa: E731
         y_seq = np.concatenate([pad(a.y_seq), pad(b.y_seq)])
-    return SplitArrays(list(a.clip_ids) + list(b.clip_ids), np.concatenate([a.x, b.x]),
+    return SplitArrays(list(a.clip_ids) + list(b.clip_ids), gather_rows([a.x, b.x], which, index),
                        np.concatenate([a.y, b.y]), y_frames, y_seq)
 
 
@@ -144,7 +159,7 @@ class CrossValidatedTrainer:
 
     def __init__(self, params: dict, data: FeatureSet, *, folds: int, max_epochs: int, patience: int,
                  metric: str = "mAP", seed: int = 0, split_seed: int = 0, device: torch.device | None = None,
-                 task: str = "tagging"):
+                 task: str = "tagging", fold_of: dict[str, int] | None = None):
         if folds < 2:
             raise ValueError(f"cv_folds={folds}: a cross-validated trial needs at least 2 folds")
         if "valid" not in data.splits:
@@ -152,7 +167,8 @@ class CrossValidatedTrainer:
         self.data, self.folds, self.task, self.split_seed = data, folds, task, split_seed
         self.pool = concat(data.splits["train"], data.splits["valid"])
         self.n_train = len(data.splits["train"].clip_ids)
-        self.fold = fold_assignment(self.pool.clip_ids, self.pool.y, folds, split_seed)
+        self.fold = (fold_assignment(self.pool.clip_ids, self.pool.y, folds, split_seed) if fold_of is None
+                     else predefined_folds(self.pool.clip_ids, fold_of))
         device = device or pick_device()
         self.trainers = [Trainer(params, fs, max_epochs=max_epochs, patience=patience, metric=metric,
                                  seed=seed + i, device=device, task=task)
@@ -267,9 +283,13 @@ class CrossValidatedTrainer:
         self.best_score = float(state["best_score"])
 
 
-def trainer_factory(cv_folds: int, split_seed: int):
+def trainer_factory(cv_folds: int, split_seed: int, fold_of: dict[str, int] | None = None):
     """What `harmonia_trial` constructs: `Trainer`, or `CrossValidatedTrainer` with k >= 2 folds split
-    by `split_seed` (train.seed: the same folds for every trial of a search)."""
+    by `split_seed` (train.seed: the same folds for every trial of a search), or with the dataset's
+    predefined folds `fold_of` (clip id -> fold) when given."""
+    if fold_of:
+        return functools.partial(CrossValidatedTrainer, folds=len(set(fold_of.values())), split_seed=split_seed,
+                                 fold_of=fold_of)
     if cv_folds >= 2:
         return functools.partial(CrossValidatedTrainer, folds=cv_folds, split_seed=split_seed)
     return Trainer

@@ -32,16 +32,22 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def rows_tensor(x, rows) -> torch.Tensor:
+    """Rows of an in-memory, memory-mapped (read-only, copied) or `PickedRows` array as a tensor:
+    only those rows are read, so features larger than memory are read batch by batch."""
+    part = x[rows]
+    return torch.from_numpy(part if part.flags.writeable else np.array(part))
+
+
 @torch.no_grad()
 def predict_batches(model: nn.Module, x: np.ndarray, device: torch.device, amp: bool,
                     batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Clip [N, C] and frame [N, T', C] outputs of `model` in eval mode over features [N, T, F], by batches."""
     model.eval()
-    xt = torch.from_numpy(x)
     clips, frames = [], []
-    for start in range(0, len(xt), batch_size):
+    for start in range(0, len(x), batch_size):
         with torch.autocast(device.type, enabled=amp):
-            c, f = model(xt[start:start + batch_size].to(device))
+            c, f = model(rows_tensor(x, slice(start, start + batch_size)).to(device))
         clips.append(c.float().cpu())
         frames.append(f.float().cpu())
     return torch.cat(clips).numpy(), torch.cat(frames).numpy()
@@ -97,22 +103,21 @@ class Trainer:
             # each clip drawn uniformly from {original, its precomputed waveform copies}: FeatureSet.epoch_train
             pick = torch.randint(len(self.data.train_copies) + 1, (len(split.y),), generator=self.gen)
             split = self.data.epoch_train(pick.numpy())
-        x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
-        bs = int(self.params.get("batch_size", 32))
+        n, bs = len(split.y), int(self.params.get("batch_size", 32))
         if self.params.get("balanced_batches", False):
             weights = balanced_sampling_weights(split.y)
-            order = torch.multinomial(weights, len(x), replacement=True, generator=self.gen)
+            order = torch.multinomial(weights, n, replacement=True, generator=self.gen)
         else:
-            order = torch.randperm(len(x), generator=self.gen)
+            order = torch.randperm(n, generator=self.gen)
         self.model.train()
         total, count = 0.0, 0
-        for start in range(0, len(x), bs):
+        for start in range(0, n, bs):
             idx = order[start:start + bs]
             if len(idx) < 2:
                 continue  # batch norm needs two samples
-            rows = idx.numpy()
-            yf = torch.from_numpy(split.y_frames[rows]).float() if self.strategy.frame_targets else None
-            batch = Batch(x[idx], y[idx], yf)
+            rows = idx.numpy()  # each batch reads its rows only (features may be memory-mapped)
+            yf = rows_tensor(split.y_frames, rows).float() if self.strategy.frame_targets else None
+            batch = Batch(rows_tensor(split.x, rows), torch.from_numpy(split.y[rows]), yf)
             for aug in self.augmentations:
                 batch = aug(batch, self.gen)
             batch = Batch(batch.x.to(self.device), batch.y.to(self.device),

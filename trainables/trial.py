@@ -14,6 +14,8 @@ from harmonia import tracking
 from harmonia.featureset import FeatureSet, pick_feature_set
 from harmonia.trainables.cross_validation import CrossValidatedTrainer, cv_member_files, trainer_factory
 from harmonia.trainables.artifacts import member_config, prediction_files, weights_bytes
+from harmonia.trainables.failures import TrialFailed, failure_reason, is_deterministic
+from harmonia.trainables.naming import trial_run_name
 from harmonia.trainables.snapshots import INDEX_FILE, SnapshotKeeper, snapshot_prefix
 from harmonia.trainables.training import Trainer
 
@@ -38,6 +40,7 @@ class TrialContext:
     log_epochs: frozenset[int] = frozenset()  # epochs after which the scheduler may stop the trial
     snapshots: int = 0  # keep the predictions of this many best epochs as extra members
     cv_folds: int = 0  # k >= 2: k fold models on train ∪ valid, out-of-fold predictions (cross_validation.py)
+    fold_of: tuple[tuple[str, int], ...] = ()  # train.cv_folds: predefined: (clip id, the dataset's fold) pairs
 
 
 def scheduler_milestones(grace_period: int, reduction_factor: int, max_epochs: int) -> frozenset[int]:
@@ -109,9 +112,23 @@ def start_run(c, ctx: TrialContext, params: dict, run_id: str | None) -> str:
     }
     if ctx.parent_run_id:
         tags[tracking.PARENT_TAG] = ctx.parent_run_id
-    run = tracking.retry(lambda: c.create_run(ctx.experiment_id, run_name=tctx.get_trial_name(), tags=tags))
+    # numbered by the driver (search/naming.py) once known; Tune's trial name stays in the harmonia.trial_name tag
+    name = trial_run_name(params, tctx.get_trial_id())
+    run = tracking.retry(lambda: c.create_run(ctx.experiment_id, run_name=name, tags=tags))
     tracking.log_params(c, run.info.run_id, params)
     return run.info.run_id
+
+
+def fail_run(c, run_id: str | None, err: Exception) -> None:
+    """Tag the trial's run with the reason and mark it FAILED; raise `TrialFailed` (never retried) for the
+    trial's own errors, the original error (retried) for infrastructure ones."""
+    reason = failure_reason(err)
+    if run_id is not None:
+        tracking.retry(lambda: c.set_tag(run_id, "harmonia.error", reason))
+        tracking.retry(lambda: c.set_terminated(run_id, "FAILED"))
+    if is_deterministic(err):
+        raise TrialFailed(reason) from err
+    raise err
 
 
 def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
@@ -127,9 +144,12 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
     c = tracking.client(ctx.tracking_uri)
     params = dict(config)
     data = pick_feature_set(data, params)  # kind → FeatureSet from the search: the sampled features.kind's
-    make_trainer = trainer_factory(ctx.cv_folds, ctx.seed)  # Trainer, or k fold Trainers (cross_validation.py)
-    trainer = make_trainer(params, data, max_epochs=ctx.max_epochs, patience=ctx.patience, metric=ctx.metric,
-                           seed=ctx.seed + int(params.get("seed", 0)), task=ctx.task)
+    make_trainer = trainer_factory(ctx.cv_folds, ctx.seed, dict(ctx.fold_of) or None)  # Trainer, or k fold Trainers (cross_validation.py)
+    try:
+        trainer = make_trainer(params, data, max_epochs=ctx.max_epochs, patience=ctx.patience, metric=ctx.metric,
+                               seed=ctx.seed + int(params.get("seed", 0)), task=ctx.task)
+    except Exception as err:  # a config the model or an augmentation refuses: the trial's own error
+        fail_run(c, start_run(c, ctx, params, None) if is_deterministic(err) else None, err)
     snapshots = SnapshotKeeper(ctx.snapshots, trainer.sign)
     run_id = None
     checkpoint = tune.get_checkpoint()
@@ -163,7 +183,4 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
                 tune.report({**result.metrics, "epoch": result.epoch, "mlflow_run_id": run_id},
                             checkpoint=tune.Checkpoint.from_directory(d))
     except Exception as err:
-        reason = f"{type(err).__name__}: {err}"[:5000]
-        tracking.retry(lambda: c.set_tag(run_id, "harmonia.error", reason))
-        tracking.retry(lambda: c.set_terminated(run_id, "FAILED"))
-        raise
+        fail_run(c, run_id, err)

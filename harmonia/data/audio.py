@@ -75,7 +75,30 @@ def _diagnose(path: Path) -> str:
     name, supported = kind
     if not supported:
         return f"unsupported audio format {name} (expected WAV, FLAC, OGG or another libsndfile format)"
-    return f"corrupt or unreadable {name} file (header could not be parsed)"
+    return _corrupt(path, name, head)
+
+
+_EXTENSION_FORMATS: dict[str, str] = {
+    ".wav": "WAV", ".wave": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".oga": "OGG", ".opus": "OGG",
+    ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF", ".aifc": "AIFF", ".au": "AU", ".snd": "AU",
+    ".caf": "CAF", ".w64": "W64", ".rf64": "RF64", ".nist": "NIST", ".sph": "NIST",
+}
+
+
+def _corrupt(path: Path, header: str, head: bytes) -> str:
+    """The corrupt-file reason naming the format the extension claims and the one the header shows.
+
+    The MP3 frame sync (11 set bits) is a weak sign that any garbage starting with 0xFF matches, so it
+    names MP3 only for a file that the extension does not claim for another format."""
+    claimed = _EXTENSION_FORMATS.get(path.suffix.lower())
+    weak = header == "MP3" and not head.startswith(b"ID3")
+    if claimed is None or claimed == header:
+        return f"corrupt or unreadable {header} file (its header could not be parsed)"
+    if weak:
+        return (f"corrupt or unreadable {claimed} file (named {path.suffix}, but it does not start with a "
+                f"{claimed} header: first bytes {head[:8].hex(' ')})")
+    return (f"corrupt or unreadable file: named {path.suffix} ({claimed}) but its header is {header}, "
+            "and it could not be read as either")
 
 
 def audio_info(path: str | Path) -> tuple[int, int, int]:

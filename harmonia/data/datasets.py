@@ -1,5 +1,5 @@
-"""Loader for DCASE task-4 style datasets (strong, weak or both) and DCASE 2018 task 1 scene datasets
-(`harmonia.data.scenes`) into the Dataset contract tables."""
+"""Loading a dataset folder (any registered format, `harmonia.data.formats`) into the Dataset contract
+tables: `clips` (clip_id, path, split, duration, tags, sequence, group[, fold]) and strong `events`."""
 
 from __future__ import annotations
 
@@ -9,18 +9,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harmonia.data.data_check import SPLIT_NAMES, SPLIT_ORDER, ClipRecord, Problem, Scan, clip_tags, scan_dataset
+from harmonia.data.problems import Problem
+from harmonia.data.records import SPLIT_NAMES
+from harmonia.data.registry import ReadOptions, Source, resolve_format
+from harmonia.data.scan import scan_dataset
+from harmonia.data.tables import CLIP_COLUMNS, EVENT_COLUMNS, FOLD_COLUMN, tables
 
-CLIP_COLUMNS: tuple[str, ...] = ("clip_id", "path", "split", "duration", "tags", "sequence")
-EVENT_COLUMNS: tuple[str, ...] = ("clip_id", "onset", "offset", "event_label")
+__all__ = ["CLIP_COLUMNS", "EVENT_COLUMNS", "FOLD_COLUMN", "Dataset", "DatasetError", "check_task_data",
+           "dataset_present", "load_dataset", "read_options"]
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be loaded; the message lists each problem as file:line: message."""
 
 
-def _format_problems(root: Path, problems: list[Problem]) -> str:
-    lines = [f"{root}: {len(problems)} error(s) in dataset (run `harmonia data check {root}` for a full report):"]
+def _format_problems(root: Path, headline: str, problems: list[Problem]) -> str:
+    lines = [f"{root}: {len(problems)} error(s) in dataset (run `harmonia data check {root}` for a full report):",
+             f"  {headline}"]
     lines += [f"  {p.file}{'' if p.line is None else f':{p.line}'}: {p.message}" for p in problems]
     return "\n".join(lines)
 
@@ -32,6 +37,7 @@ class Dataset:
     clips: pd.DataFrame
     events: pd.DataFrame
     has_strong: bool
+    format: str = "harmonia"
 
     def split(self, name: str) -> pd.DataFrame:
         """Clips of one split (`validation` is accepted for `valid`), index reset."""
@@ -45,6 +51,11 @@ class Dataset:
     def is_scene(self) -> bool:
         """A DCASE 2018 task 1 dataset: one scene label per clip (the table has an `identifier` column)."""
         return "identifier" in self.clips.columns
+
+    @property
+    def has_folds(self) -> bool:
+        """The format defines folds (ESC-50, UrbanSound8K): the table has a `fold` column."""
+        return FOLD_COLUMN in self.clips.columns
 
     def targets(self, split: str) -> np.ndarray:
         """[N, C] float32 multi-hot clip tags (one-hot for scenes), rows in the order of `split(name)`."""
@@ -63,73 +74,60 @@ class Dataset:
         return path
 
 
-def _sequence(clip: ClipRecord) -> list[str]:
-    events = sorted((ev.onset, ev.offset, ev.label) for ev in clip.strong if ev.label is not None and ev.valid)
-    return [label for _, _, label in events]
+def read_options(data=None, features=None, sample_rate: int | None = None) -> ReadOptions:
+    """ReadOptions from the config's `data:` (a DataConfig) and `features:` (a FeatureConfig)."""
+    extra: dict = {}
+    if features is not None:
+        extra = {"frame_seconds": features.hop_length / features.sample_rate}
+    if sample_rate is not None:
+        extra["sample_rate"] = sample_rate
+    if data is None:
+        return ReadOptions(**extra)
+    splits = {split: tuple(Source(s.metadata, s.audio, s.durations) for s in sources)
+              for split, sources in data.splits.items()}
+    return ReadOptions(format=data.format, splits=splits, subsets=dict(data.subsets), test_fold=data.test_fold,
+                       valid_fold=data.valid_fold, clip_seconds=data.clip_seconds, **extra)
 
 
-def _tables(scan: Scan) -> tuple[pd.DataFrame, pd.DataFrame]:
-    order = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    usable = sorted((c for c in scan.clips.values() if c.audio_ok), key=lambda c: (order[c.split], c.filename))
-    known = set(scan.classes)
-    clips = pd.DataFrame(
-        {
-            "clip_id": pd.Series([c.clip_id for c in usable], dtype="str"),
-            "path": pd.Series([str(c.path.absolute()) for c in usable], dtype="str"),
-            "split": pd.Series([c.split for c in usable], dtype="str"),
-            "duration": pd.Series([float(c.duration) for c in usable], dtype="float64"),
-            "tags": pd.Series([[t for t in clip_tags(c) if t in known] for c in usable], dtype=object),
-            "sequence": pd.Series([[t for t in _sequence(c) if t in known] for c in usable], dtype=object),
-        },
-        columns=list(CLIP_COLUMNS),
-    )
-    rows = [
-        (c.clip_id, ev.onset, ev.offset, ev.label)
-        for c in usable
-        for ev in sorted(c.strong, key=lambda e: (e.onset or 0.0, e.offset or 0.0, e.label or ""))
-        if ev.label is not None and ev.valid and ev.label in known
-    ]
-    events = pd.DataFrame(
-        {
-            "clip_id": pd.Series([r[0] for r in rows], dtype="str"),
-            "onset": pd.Series([r[1] for r in rows], dtype="float64"),
-            "offset": pd.Series([r[2] for r in rows], dtype="float64"),
-            "event_label": pd.Series([r[3] for r in rows], dtype="str"),
-        },
-        columns=list(EVENT_COLUMNS),
-    )
-    return clips, events
+def dataset_present(root: str | Path, format: str | None = None) -> bool:
+    """Whether `root` holds a dataset to read (so nothing is synthesized there): a format is configured,
+    a registered format recognises the folder, or it has a `metadata/` folder (read, and its errors shown)."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    return format is not None or (root / "metadata").is_dir() or resolve_format(root, None).format is not None
 
 
-def load_dataset(root: str | Path, strict: bool = True, sample_rate: int | None = None) -> Dataset:
-    """Load a DCASE task-4 folder, or a DCASE 2018 task 1 scene folder (meta.csv + evaluation_setup/);
-    strict raises DatasetError listing every error-level problem.
+def load_dataset(root: str | Path, strict: bool = True, sample_rate: int | None = None,
+                 options: ReadOptions | None = None) -> Dataset:
+    """Load a dataset folder in any registered format (configured in `options`, else detected); strict
+    raises DatasetError listing every error-level problem.
 
     Non-strict drops what is broken (unreadable clips, malformed or invalid rows) and keeps the rest.
     """
-    from harmonia.data.scenes import SceneScan, scene_tables
-
-    scan = scan_dataset(root, sample_rate)
+    options = options or ReadOptions(sample_rate=sample_rate)
+    scan = scan_dataset(root, options)
     errors = scan.report.errors
-    if strict and errors:
-        raise DatasetError(_format_problems(scan.root, errors))
-    clips, events = scene_tables(scan) if isinstance(scan, SceneScan) else _tables(scan)
+    if errors and (strict or scan.report.format is None):
+        raise DatasetError(_format_problems(scan.root, scan.report.headline(), errors))
+    clips, events = tables(scan)
     if clips.empty:
         raise DatasetError(f"{scan.root}: no usable clips found")
-    return Dataset(scan.root, list(scan.classes), clips, events, scan.has_strong)
+    return Dataset(scan.root, list(scan.classes), clips, events, scan.has_strong, scan.report.format or "")
 
 
 def check_task_data(ds: Dataset, task: str) -> None:
     """DatasetError when `ds` lacks the labels `task` trains on: strong labels for sed and sequence
-    (frame activity, the order of events), exactly one label per clip for scene."""
+    (frame activity, the order of events), exactly one label per labelled clip for scene."""
     if task in ("sed", "sequence") and not ds.has_strong:
         what = "frame targets" if task == "sed" else "the order of events"
         raise DatasetError(f"{ds.root}: task {task!r} needs strong labels (metadata/<split>.tsv with onset, offset, "
                            f"event_label) for {what}; this dataset has none")
     if task == "scene":
-        counts = ds.clips["tags"].map(len)
+        labeled = ds.clips[ds.clips["split"] != "unlabeled"]
+        counts = labeled["tags"].map(len)
         if (counts != 1).any():
-            bad = ds.clips[counts != 1].iloc[0]
+            bad = labeled[counts != 1].iloc[0]
             raise DatasetError(f"{ds.root}: task 'scene' needs exactly one label per clip (a DCASE 2018 task 1 "
                                f"folder: meta.csv + evaluation_setup/); {int((counts != 1).sum())} clips have "
                                f"another number, e.g. {bad['clip_id']} with {list(bad['tags'])}")

@@ -11,19 +11,21 @@ put one location in both train and evaluate. harmonia's splits: test = fold<k>_e
 whole locations of fold<k>_train (about `valid_fraction` of each scene's clips, chosen by a fixed
 seed), so that no location is in both train and valid; train = the rest of fold<k>_train.
 Fold files may have a header line (the 2018 release has one) or not. Every problem is reported
-with its file and line, as `harmonia data check` does for task-4 folders.
+with its file and line. Registered as format `dcase2018_task1`; each clip's group is its location.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from harmonia.data.data_check import (CheckReport, ClipRecord, Scan, Summary, _check_audio, _Collector, _read_lines,
-                                 _read_tsv, _safe_filename)
+from harmonia.data.problems import Collector
+from harmonia.data.records import ClipRecord, Listed
+from harmonia.data.registry import Format, Read, ReadOptions, register
+from harmonia.data.text import read_lines, read_tsv, safe_filename
 
 META_FILE = "meta.csv"
 SETUP_DIR = "evaluation_setup"
@@ -55,22 +57,15 @@ class MetaRow:
     source: str
 
 
-@dataclass
-class SceneScan(Scan):
-    """A Scan whose clips are keyed by their meta.csv filename, with each clip's location."""
-
-    identifiers: dict[str, str] = field(default_factory=dict)
-
-
-def _read_meta(root: Path, out: _Collector) -> dict[str, MetaRow]:
+def _read_meta(root: Path, out: Collector) -> dict[str, MetaRow]:
     path = root / META_FILE
     if not path.is_file():
         out.error(META_FILE, None, f"not found (expected {'<TAB>'.join(META_COLUMNS)} with a header line)")
         return {}
     rows: dict[str, MetaRow] = {}
-    for line, row in _read_tsv(path, META_FILE, META_COLUMNS, out):
+    for line, row in read_tsv(path, META_FILE, META_COLUMNS, out):
         name = row["filename"]
-        if not name or not _safe_filename(name):
+        if not name or not safe_filename(name):
             out.error(META_FILE, line, f"filename {name!r} is empty or escapes the dataset root")
             continue
         empty = [c for c in ("scene_label", "identifier") if not row[c]]
@@ -86,9 +81,9 @@ def _read_meta(root: Path, out: _Collector) -> dict[str, MetaRow]:
     return rows
 
 
-def _read_fold(path: Path, rel: str, columns: tuple[str, ...], out: _Collector):
+def _read_fold(path: Path, rel: str, columns: tuple[str, ...], out: Collector):
     """Yield (line, {column: value}); a first line starting with `filename` is a header."""
-    lines = _read_lines(path, rel, out)
+    lines = read_lines(path, rel, out)
     if lines is None:
         return
     start, header = 1, list(columns)
@@ -110,7 +105,7 @@ def _read_fold(path: Path, rel: str, columns: tuple[str, ...], out: _Collector):
         yield number, {h: v.strip() for h, v in zip(header, fields)}
 
 
-def _read_folds(root: Path, meta: dict[str, MetaRow], fold: int, out: _Collector) -> dict[str, dict[str, int]]:
+def _read_folds(root: Path, meta: dict[str, MetaRow], fold: int, out: Collector) -> dict[str, dict[str, int]]:
     """part -> {filename: line} for fold<k>_{train,evaluate,test}.csv, checked against meta.csv."""
     parts: dict[str, dict[str, int]] = {}
     for part, columns in FOLD_PARTS.items():
@@ -185,11 +180,9 @@ def split_by_location(clips: list[tuple[str, str, str]], fraction: float = VALID
     return valid
 
 
-def scan_scene_dataset(root: str | Path, sample_rate: int | None = None, fold: int = 1,
-                       valid_fraction: float = VALID_FRACTION) -> SceneScan:
-    """Parse meta.csv, the fold files and the audio headers once, recording every problem with file and line."""
-    root = Path(root)
-    out = _Collector()
+def read(root: Path, options: ReadOptions, out: Collector, fold: int = 1,
+         valid_fraction: float = VALID_FRACTION) -> Read:
+    """Parse meta.csv and the fold files into clip records (valid: whole locations of the train fold)."""
     meta = _read_meta(root, out)
     parts = _read_folds(root, meta, fold, out) if meta else {}
     train = parts.get("train", {})
@@ -203,44 +196,18 @@ def scan_scene_dataset(root: str | Path, sample_rate: int | None = None, fold: i
         else:
             continue
         row = meta[name]
-        clips[name] = ClipRecord(split, name, root / name, META_FILE, row.line, weak=[row.scene])
-    _check_audio(root, clips, {}, sample_rate, out)
+        clips[name] = ClipRecord(split, name, root / name, META_FILE, row.line, weak=[row.scene], clip_id=name,
+                                 group=Listed(row.identifier, META_FILE, row.line),
+                                 extra={"identifier": row.identifier})
     classes = sorted({row.scene for row in meta.values()})
-    problems = sorted(out.problems, key=lambda p: (p.file, p.line or 0))
-    report = CheckReport(root, problems, _summary(clips, classes))
-    return SceneScan(root, classes, False, clips, report, {n: meta[n].identifier for n in clips})
+    files = {"train": [META_FILE, fold_file("train", fold)], "valid": [f"locations of {fold_file('train', fold)}"],
+             "test": [fold_file("evaluate", fold)]}
+    return Read(clips, classes, False, files)
 
 
-def _summary(clips: dict[str, ClipRecord], classes: list[str]) -> Summary:
-    usable = [c for c in clips.values() if c.audio_ok]
-    per_split = {s: sum(c.split == s for c in usable) for s in ("train", "valid", "test")
-                 if any(c.split == s for c in clips.values())}
-    per_scene = Counter(c.weak[0] for c in usable)
-    hours = sum(c.duration or 0.0 for c in usable) / 3600
-    return Summary(per_split, classes, {k: per_scene.get(k, 0) for k in classes}, hours)
+def detect(root: Path) -> list[str]:
+    return [] if is_scene_dataset(root) else [f"no {META_FILE} and no {SETUP_DIR}/"]
 
 
-def scene_tables(scan: SceneScan):
-    """(clips, events) tables of the Dataset contract: clip_id is the meta.csv filename, `tags` the one
-    scene label, `sequence` empty, plus an `identifier` column (the recording location); no events."""
-    import pandas as pd
-
-    from harmonia.data.datasets import CLIP_COLUMNS, EVENT_COLUMNS
-
-    order = {s: i for i, s in enumerate(("train", "valid", "test"))}
-    usable = sorted((c for c in scan.clips.values() if c.audio_ok), key=lambda c: (order[c.split], c.filename))
-    clips = pd.DataFrame(
-        {
-            "clip_id": pd.Series([c.filename for c in usable], dtype="str"),
-            "path": pd.Series([str(c.path.absolute()) for c in usable], dtype="str"),
-            "split": pd.Series([c.split for c in usable], dtype="str"),
-            "duration": pd.Series([float(c.duration) for c in usable], dtype="float64"),
-            "tags": pd.Series([list(c.weak) for c in usable], dtype=object),
-            "sequence": pd.Series([[] for _ in usable], dtype=object),
-            "identifier": pd.Series([scan.identifiers[c.filename] for c in usable], dtype="str"),
-        },
-        columns=[*CLIP_COLUMNS, "identifier"],
-    )
-    events = pd.DataFrame({c: pd.Series([], dtype="float64" if c in ("onset", "offset") else "str")
-                           for c in EVENT_COLUMNS})
-    return clips, events
+FORMAT = register(Format("dcase2018_task1", f"{META_FILE} (filename, scene_label, identifier) with "
+                                            f"{SETUP_DIR}/fold1_{{train,evaluate}}.csv", detect, read))

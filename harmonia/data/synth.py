@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 from scipy.signal import fftconvolve
 
 from harmonia.data.audio import write_wav
+from harmonia.data.shift import SHIFT_INSTANCES, ShiftRenderer, plan_world
 
 CLASSES: tuple[str, ...] = (
     "beep", "whistle", "chirp", "siren", "knock",
@@ -280,7 +281,8 @@ def colored_noise(rng: np.random.Generator, n: int, color: str) -> np.ndarray:
     return y / (y.std() + 1e-12)
 
 
-def _split_sizes(clips: int) -> list[int]:
+def split_sizes(clips: int) -> list[int]:
+    """Clips per split (train, valid, test) for `clips` in all, by the SPLITS fractions."""
     n_train = int(round(clips * SPLITS[0][1]))
     n_valid = int(round(clips * SPLITS[1][1]))
     return [n_train, n_valid, clips - n_train - n_valid]
@@ -296,7 +298,7 @@ def plan_clips(
 ) -> list[ClipPlan]:
     """Labels and times of every event; each split holds every class at least once."""
     lo_ev, hi_ev = events_per_clip
-    sizes = _split_sizes(clips)
+    sizes = split_sizes(clips)
     if min(sizes) * hi_ev < len(classes):
         need = int(np.ceil(len(classes) / hi_ev / min(s for _, s in SPLITS)))
         raise ValueError(f"clips={clips} is too few to put all {len(classes)} classes in every split (need >= {need})")
@@ -359,18 +361,28 @@ def render_clip(
     return y.astype(np.float32)
 
 
-def _write_metadata(
-    out: Path, plans: list[ClipPlan], seconds: float, sample_rate: int, classes: tuple[str, ...]
+def write_metadata(
+    out: Path, plans: list[ClipPlan], seconds: float, sample_rate: int, classes: tuple[str, ...],
+    groups: Mapping[str, str] | None = None,
 ) -> None:
+    """Write metadata/: strong and weak TSVs per split, durations.tsv and classes.txt.
+
+    With `groups` (clip id `<split>/<name>` -> group) both TSVs get a `group` column, and a clip
+    without events gets an empty strong row (DESED style) so that its group is recorded there too.
+    """
     meta = out / "metadata"
     meta.mkdir(parents=True, exist_ok=True)
     duration = round(seconds * sample_rate) / sample_rate
+    tail = "" if groups is None else "\tgroup"
     for split, _ in SPLITS:
-        strong = ["filename\tonset\toffset\tevent_label"]
-        weak = ["filename\tevent_labels"]
+        strong = ["filename\tonset\toffset\tevent_label" + tail]
+        weak = ["filename\tevent_labels" + tail]
         for p in (p for p in plans if p.split == split):
-            strong += [f"{p.name}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}" for e in p.events]
-            weak.append(f"{p.name}\t{','.join(sorted({e.label for e in p.events}))}")
+            g = "" if groups is None else f"\t{groups[f'{split}/{p.name}']}"
+            strong += [f"{p.name}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}{g}" for e in p.events]
+            if groups is not None and not p.events:
+                strong.append(f"{p.name}\t\t\t{g}")
+            weak.append(f"{p.name}\t{','.join(sorted({e.label for e in p.events}))}{g}")
         (meta / f"{split}.tsv").write_text("\n".join(strong) + "\n")
         (meta / f"{split}_weak.tsv").write_text("\n".join(weak) + "\n")
     rows = ["filename\tduration"] + [f"{p.split}/{p.name}\t{duration:.3f}" for p in plans]
@@ -392,6 +404,8 @@ def synthesize(
     events_per_clip: tuple[int, int] = EVENTS_PER_CLIP,
     event_seconds: tuple[float, float] = EVENT_SECONDS,
     classes: tuple[str, ...] = CLASSES,
+    shift: bool = False,
+    instances: tuple[int, int, int] = SHIFT_INSTANCES,
 ) -> Path:
     """Write the dataset under `out` and return it; same arguments give byte-identical files.
 
@@ -399,6 +413,8 @@ def synthesize(
     `similarity` (0..1, how far confusable class pairs overlap in pitch, rate and timbre) and
     more `distractors` (mean number of unlabelled near-miss sounds per clip, Poisson); `classes`
     is a subset of the ten CLASSES (fewer classes: an easier dataset).
+    `shift` draws each split's sounds from its own source `instances` per class (train, valid,
+    test) and background recordings (`harmonia.data.shift`), and writes a `group` per clip.
     """
     unknown = [c for c in classes if c not in GENERATORS]
     if unknown or not classes or len(set(classes)) != len(classes):
@@ -415,10 +431,19 @@ def synthesize(
     plans = plan_clips(clips, seconds, seed, tuple(classes), events_per_clip, event_seconds)
     for split, _ in SPLITS:
         (out / "audio" / split).mkdir(parents=True, exist_ok=True)
+    renderer = None
+    if shift:
+        world = plan_world(seed, tuple(classes), instances)
+        renderer = ShiftRenderer(world, GENERATORS, DISTRACTORS, colored_noise)
+    groups: dict[str, str] = {}
 
     def render_all(advance: Callable[[], None]) -> None:
         for plan in plans:
-            y = render_clip(plan, seconds, sample_rate, snr_db, similarity, distractors)
+            if renderer is None:
+                y = render_clip(plan, seconds, sample_rate, snr_db, similarity, distractors)
+            else:
+                y, groups[f"{plan.split}/{plan.name}"] = renderer.render(
+                    plan, seconds, sample_rate, snr_db, similarity, distractors)
             write_wav(out / "audio" / plan.split / plan.name, y, sample_rate)
             advance()
 
@@ -431,7 +456,7 @@ def synthesize(
             render_all(lambda: bar.advance(task))
     else:
         render_all(lambda: None)
-    _write_metadata(out, plans, seconds, sample_rate, tuple(classes))
+    write_metadata(out, plans, seconds, sample_rate, tuple(classes), groups if shift else None)
     return out
 
 

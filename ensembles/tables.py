@@ -1,0 +1,50 @@
+"""The ensemble stage's console tables: the methods with honest beside in-sample scores, and one method's comparison."""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.table import Table
+
+from harmonia.ensembles.stage import HONEST_NOTE, EnsembleReport
+from harmonia.progress import console
+
+
+def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], table: pd.DataFrame,
+                  rule: str = "one_se") -> None:
+    """The methods table (honest beside in-sample), the recommendation and its export command."""
+    setup = reports[0].setup
+    t = Table(title=f"ensemble methods on {experiment} ({metric})",
+              caption=f"honest valid: {setup.describe()} held-out folds ± s.e.; test only reported")
+    for col in ("method", "honest valid", "in-sample valid", "test", "members", "run"):
+        t.add_column(col, no_wrap=col in ("method", "run"))
+    for _, r in table.iterrows():
+        t.add_row(r["method"] + (" *" if r["recommended"] else ""), f"{r['honest']:.3f}±{r['honest_se']:.3f}",
+                  f"{r['valid_insample']:.3f}", f"{r['test']:.3f}", str(r["members"]), r["run_id"][:8],
+                  style="bold green" if r["recommended"] else None)
+    console.print(t)
+    lib = reports[0].library
+    console.print(f"{HONEST_NOTE}; library: {len(lib.run_ids)} members kept of {lib.n_read or len(lib.run_ids)} read")
+    best = table.loc[table["recommended"]].iloc[0]
+    why = {"one_se": "the simplest method within one standard error of the best honest score",
+           "paired_se": "the simplest method within one standard error (paired over folds) of the best honest score",
+           "best": "the best honest score"}[rule]
+    console.print(f"* recommended: [bold]{best['method']}[/] ({why})")
+    console.print("export it with:")
+    console.print(f"harmonia export out/{experiment} --run {best['run_id']}", soft_wrap=True)
+
+
+def print_comparison(report: EnsembleReport) -> None:
+    """One method beside the best single model and the top-k average: honest, in-sample and test scores."""
+    scores = [c for c in ("oof", "valid", "test") if c in report.comparison.columns]  # oof: cv_selection
+    on = "out-of-fold predictions of train ∪ valid" if "oof" in scores else "valid"
+    t = Table(title=f"{report.method} ensemble vs single models ({report.metric}; fitted on {on})")
+    labels = {"oof": "in-sample oof", "valid": "in-sample valid", "test": "test"}
+    for col in ("model", f"honest valid ({report.setup.describe()})", *(labels[c] for c in scores), "members"):
+        t.add_column(col)
+    for model, row in report.comparison.iterrows():
+        t.add_row(model, f"{row['honest']:.4f} ± {row['honest_se']:.4f}", *(f"{row[c]:.4f}" for c in scores),
+                  str(int(row["members"])))
+    console.print(t)
+    names = dict(zip(report.library.run_ids, report.library.run_names))
+    console.print("members: " + ", ".join(f"{names[r]}×{w:.2f}" for r, w in report.members))
+    console.print(f"ensemble run: [bold]{report.run_id}[/]")
