@@ -14,8 +14,9 @@ def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], t
     """The methods table (honest beside in-sample), the recommendation and its export command."""
     setup = reports[0].setup
     t = Table(title=f"ensemble methods on {experiment} ({metric})",
-              caption=f"honest valid: {setup.describe()} held-out folds ± s.e.; test only reported")
-    for col in ("method", "honest valid", "in-sample valid", "test", "members", "run"):
+              caption=f"valid {metric}: honest = {setup.describe()} held-out folds ± s.e., in-sample = fitted on "
+                      "all of valid; test only reported")
+    for col in ("method", "honest", "in-sample", "test", "members", "run"):
         t.add_column(col, no_wrap=col in ("method", "run"))
     for _, r in table.iterrows():
         t.add_row(r["method"] + (" *" if r["recommended"] else ""), f"{r['honest']:.3f}±{r['honest_se']:.3f}",

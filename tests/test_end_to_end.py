@@ -110,7 +110,7 @@ def test_cli_ensemble_export_predict(searched, tmp_path):
                                  "--tracking-uri", cfg.tracking.uri])
     assert res.exit_code == 0, res.output
     assert "stacking" in res.output and "best_single" in res.output and "recommended:" in res.output
-    assert "honest valid" in res.output and "in-sample valid" in res.output
+    assert "honest" in res.output and "in-sample" in res.output
     c = tracking.client(cfg.tracking.uri)
     exp = c.get_experiment_by_name(cfg.name)
     run_id = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'ensemble'",
