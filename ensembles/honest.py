@@ -20,6 +20,7 @@ import numpy as np
 from harmonia.metrics import Metric, f1_macro_thresholds, fit_thresholds, get_metric
 
 DEFAULT_FOLDS = 5
+DEFAULT_REPEATS = 3
 RULES = ("one_se", "paired_se", "best")
 
 
@@ -92,8 +93,10 @@ def clip_folds(y: np.ndarray, groups: Sequence[str] | np.ndarray | None = None, 
             n_folds = min(k, len(set(g)))
             if n_folds < 2:
                 raise ValueError("honest folds: every clip is in one group; there is nothing to hold out")
-            split = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(
-                np.zeros(n), _label_sets(y, n_folds), g)
+            if seed == 0:
+                split = StratifiedGroupKFold(n_folds).split(np.zeros(n), _label_sets(y, n_folds), g)
+            else:  # StratifiedGroupKFold's shuffle leaves most assignments unchanged: shuffled balanced groups
+                return _shuffled_group_folds(g, n_folds, np.random.default_rng(seed))
         else:
             n_folds = min(k, n)
             strata = _label_sets(y, n_folds)
@@ -104,6 +107,26 @@ def clip_folds(y: np.ndarray, groups: Sequence[str] | np.ndarray | None = None, 
         for f, (_, held) in enumerate(split):
             folds[held] = f
     return folds
+
+
+def _shuffled_group_folds(g: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Groups in a random order, larger first, each to the fold with the fewest clips so far."""
+    names, sizes = np.unique(g, return_counts=True)
+    order = rng.permutation(len(names))
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    fill = np.zeros(n_folds, int)
+    fold_of = {}
+    for i in order:
+        f = int(np.argmin(fill))
+        fold_of[names[i]] = f
+        fill[f] += sizes[i]
+    return np.array([fold_of[v] for v in g])
+
+
+def repeated_folds(y: np.ndarray, groups: Sequence[str] | np.ndarray | None = None, k: int = DEFAULT_FOLDS,
+                   repeats: int = 1, seed: int = 0) -> list[np.ndarray]:
+    """`repeats` fold assignments (seeds seed, seed + 1, ...): averaging over them removes the luck of one split."""
+    return [clip_folds(y, groups, k, seed + r) for r in range(repeats)]
 
 
 def bootstrap_indices(n: int, groups: Sequence[str] | np.ndarray | None = None, b: int = BOOTSTRAP,
@@ -118,27 +141,33 @@ def bootstrap_indices(n: int, groups: Sequence[str] | np.ndarray | None = None, 
     return [np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))]) for _ in range(b)]
 
 
-def honest_score(fit: Callable[[np.ndarray], object], preds: np.ndarray, y: np.ndarray, folds: np.ndarray,
-                 metric: str | Metric, grouped: bool = False, groups: Sequence[str] | np.ndarray | None = None,
-                 seed: int = 0) -> HonestScore:
+def honest_score(fit: Callable[[np.ndarray], object], preds: np.ndarray, y: np.ndarray,
+                 folds: np.ndarray | list[np.ndarray], metric: str | Metric, grouped: bool = False,
+                 groups: Sequence[str] | np.ndarray | None = None, seed: int = 0) -> HonestScore:
     """`fit(train_idx) -> FittedEnsemble` on the other folds predicts each held-out fold of `preds [M, N, C]`;
     the pooled predictions are scored against `y [N, C]`, with bootstrap replicates for the standard error
-    and F1 at per-class thresholds fitted on the other folds."""
+    and F1 at per-class thresholds fitted on the other folds. With several fold assignments (`folds` a
+    list, see `repeated_folds`) every figure is the mean over assignments."""
     m = get_metric(metric)
-    pooled = np.zeros(y.shape, np.float64)
-    decided = np.zeros(y.shape, bool)
-    per_fold = []
+    assignments = [folds] if isinstance(folds, np.ndarray) and folds.ndim == 1 else list(folds)
+    index = bootstrap_indices(len(y), groups if grouped else None, seed=seed)
+    scores, boots, f1s, per_fold = [], [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for f in np.unique(folds):
-            held, rest = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
-            fitted = fit(rest)
-            pooled[held] = fitted.predict(preds[:, held])
-            decided[held] = pooled[held] >= fit_thresholds(y[rest], fitted.predict(preds[:, rest]))[None, :]
-            per_fold.append(float(m(y[held], pooled[held])))
-        boot = [float(m(y[i], pooled[i])) for i in bootstrap_indices(len(y), groups if grouped else None, seed=seed)]
-        f1 = float(f1_macro_thresholds(y, decided.astype(np.float64), np.full(y.shape[1], 0.5)))
-        return HonestScore(float(m(y, pooled)), boot, per_fold, grouped, f1)
+        for assignment in assignments:
+            pooled = np.zeros(y.shape, np.float64)
+            decided = np.zeros(y.shape, bool)
+            for f in np.unique(assignment):
+                held, rest = np.flatnonzero(assignment == f), np.flatnonzero(assignment != f)
+                fitted = fit(rest)
+                pooled[held] = fitted.predict(preds[:, held])
+                decided[held] = pooled[held] >= fit_thresholds(y[rest], fitted.predict(preds[:, rest]))[None, :]
+                per_fold.append(float(m(y[held], pooled[held])))
+            scores.append(float(m(y, pooled)))
+            boots.append([float(m(y[i], pooled[i])) for i in index])
+            f1s.append(float(f1_macro_thresholds(y, decided.astype(np.float64), np.full(y.shape[1], 0.5))))
+    return HonestScore(float(np.mean(scores)), [float(v) for v in np.mean(boots, axis=0)], per_fold, grouped,
+                       float(np.mean(f1s)))
 
 
 @dataclass(frozen=True)

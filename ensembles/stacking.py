@@ -1,9 +1,11 @@
 """Stacking shrunk toward the plain average: per-class logistic regression on the members' logits with an
-L2 penalty pulling every weight to 1/M (the mean logit), strength chosen by inner cross-validation.
+L2 penalty pulling every weight to 1/M and the intercept to 0 (the mean logit), strength chosen by inner
+cross-validation.
 
 Stacking with LR meta-classifiers is digest §4 (proceedings L3575-3606, L20006-20040). Unshrunk, it
 overfits a small valid split (auto-sklearn dropped it for that reason); here the penalty
-lam * sum_m (w_m - 1/M)^2 on the mean BCE makes the strongest setting the mean logit plus a per-class calibration,
+lam * (sum_m (w_m - 1/M)^2 + b^2) on the mean BCE makes the strongest setting the mean logit itself (so
+fits on different folds stay on one scale),
 and the inner folds (grouped when `groups` says which clips share a source) pick lam on held-out clips.
 """
 
@@ -23,25 +25,25 @@ LAMBDAS = (1000.0, 100.0, 10.0, 1.0, 0.1, 0.01)
 
 
 def _objective(z: np.ndarray, t: np.ndarray, x: np.ndarray, lam: float, w0: float) -> np.ndarray:
-    """Per-class mean BCE + lam * sum (w - w0)^2 at parameters x [C, M + 1] (weights, intercept)."""
+    """Per-class mean BCE + lam * (sum (w - w0)^2 + b^2) at parameters x [C, M + 1] (weights, intercept)."""
     s = np.einsum("cnm,cm->cn", z, x[:, :-1]) + x[:, -1:]
-    return np.mean(np.logaddexp(0.0, s) - t * s, axis=1) + lam * np.sum((x[:, :-1] - w0) ** 2, axis=1)
+    return (np.mean(np.logaddexp(0.0, s) - t * s, axis=1)
+            + lam * (np.sum((x[:, :-1] - w0) ** 2, axis=1) + x[:, -1] ** 2))
 
 
 def _fit_all(logits: np.ndarray, y: np.ndarray, lam: float, start: np.ndarray | None = None,
              iterations: int = 50, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
     """coef [C, M] and intercept [C] minimizing, for every class at once (the classes are independent),
-    mean BCE + lam * sum_m (w_cm - 1/M)^2 on the member logits [M, N, C], by damped Newton steps
+    mean BCE + lam * (sum_m (w_cm - 1/M)^2 + b_c^2) on the member logits [M, N, C], by damped Newton steps
     (the problem is strictly convex for lam > 0); `start` warm-starts [C, M + 1]."""
     m, n, c = logits.shape
     z = np.ascontiguousarray(logits.transpose(2, 1, 0))  # [C, N, M]
     za = np.concatenate([z, np.ones((c, n, 1))], axis=2)  # with the intercept column
     t = y.T.astype(np.float64)  # [C, N]
     w0 = 1.0 / m
-    ridge = np.diag(np.r_[np.full(m, max(2 * lam, 1e-9)), 1e-9])
+    ridge = np.eye(m + 1) * max(2 * lam, 1e-9)
     if start is None:
-        prior = np.clip(t.mean(axis=1), 1e-3, 1 - 1e-3)
-        start = np.concatenate([np.full((c, m), w0), (np.log(prior) - np.log1p(-prior) - z.sum(axis=(1, 2)) * w0 / n)[:, None]], 1)
+        start = np.concatenate([np.full((c, m), w0), np.zeros((c, 1))], 1)
     x = start.copy()
     value = _objective(z, t, x, lam, w0)
     for _ in range(iterations):
@@ -49,6 +51,7 @@ def _fit_all(logits: np.ndarray, y: np.ndarray, lam: float, start: np.ndarray | 
         p = 0.5 * (1.0 + np.tanh(0.5 * s))
         grad = np.einsum("cnk,cn->ck", za, p - t) / n
         grad[:, :m] += 2 * lam * (x[:, :m] - w0)
+        grad[:, m] += 2 * lam * x[:, m]
         hess = np.einsum("cnk,cn,cnl->ckl", za, p * (1 - p), za) / n + ridge
         step = np.linalg.solve(hess, grad[:, :, None])[:, :, 0]
         scale = np.ones(c)

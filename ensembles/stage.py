@@ -17,7 +17,8 @@ import pandas as pd
 from harmonia import tracking
 from harmonia.ensembles.artifacts import curve_png, per_class_table, weights_png
 from harmonia.ensembles.cross_validated import compare_oof, fit_inputs
-from harmonia.ensembles.honest import DEFAULT_FOLDS, Candidate, HonestScore, clip_folds, has_groups, honest_score, recommend
+from harmonia.ensembles.honest import (DEFAULT_FOLDS, DEFAULT_REPEATS, Candidate, HonestScore, has_groups, honest_score,
+                                      recommend, repeated_folds)
 from harmonia.ensembles.library import Library, clip_groups, collect
 from harmonia.ensembles.methods import METHOD_INFO, FittedEnsemble, by_simplicity, fit_method, member_weights, uses_oof
 from harmonia.metrics import fit_thresholds, get_metric
@@ -31,17 +32,18 @@ HONEST_NOTE = ("honest = the score of held-out-fold predictions of valid ± boot
 class HonestSetup:
     """The folds every method of one library is scored on, and the scores already computed on them."""
 
-    folds: np.ndarray
+    folds: list[np.ndarray]  # one fold index per valid clip, for each repeat
     grouped: bool
     seed: int = 0
     cache: dict = field(default_factory=dict)
 
     @property
     def k(self) -> int:
-        return int(len(np.unique(self.folds)))
+        return int(len(np.unique(self.folds[0])))
 
     def describe(self) -> str:
-        return f"{self.k}-fold {'grouped by source' if self.grouped else 'stratified by label set'}"
+        times = f" x{len(self.folds)}" if len(self.folds) > 1 else ""
+        return f"{self.k}-fold{times} {'grouped by source' if self.grouped else 'stratified by label set'}"
 
 
 @dataclass
@@ -63,10 +65,10 @@ class EnsembleReport:
         return [(self.library.run_ids[i], float(w[i])) for i in np.flatnonzero(w > 0)]
 
 
-def honest_setup(lib: Library, k: int = DEFAULT_FOLDS, seed: int = 0) -> HonestSetup:
-    """Folds over the valid clips: grouped when the library knows which share a source."""
+def honest_setup(lib: Library, k: int = DEFAULT_FOLDS, repeats: int = DEFAULT_REPEATS, seed: int = 0) -> HonestSetup:
+    """Folds over the valid clips (`repeats` assignments): grouped when the library knows which share a source."""
     groups = clip_groups(lib, lib.valid_ids)
-    return HonestSetup(clip_folds(lib.y_valid, groups, k, seed), has_groups(groups), seed)
+    return HonestSetup(repeated_folds(lib.y_valid, groups, k, repeats, seed), has_groups(groups), seed)
 
 
 def honest_method(lib: Library, setup: HonestSetup, method: str, metric: str, **kwargs) -> HonestScore:

@@ -32,6 +32,7 @@ def test_grouped_folds_never_split_a_group_and_are_seeded():
     for g in np.unique(groups):
         assert len(set(folds[groups == g])) == 1, g
     np.testing.assert_array_equal(folds, clip_folds(y, groups, k=5, seed=3))
+    assert not np.array_equal(folds, clip_folds(y, groups, k=5, seed=4))  # another seed, another split
     # fewer groups than folds: as many folds as groups
     assert len(np.unique(clip_folds(y[:18], groups[:18], k=5))) == 3
 
@@ -195,8 +196,10 @@ def test_tracked_library_collapses_duplicates_uses_groups_and_recommends(tmp_pat
     assert list(lib.duplicates.values()) == [["trial6"]]
     setup = honest_setup(lib)
     assert setup.grouped and "grouped" in setup.describe()
-    for g in set(groups):
-        assert len({setup.folds[i] for i, gi in enumerate(groups) if gi == g}) == 1
+    assert len(setup.folds) == 3 and not np.array_equal(setup.folds[0], setup.folds[1])  # repeats differ
+    for folds in setup.folds:
+        for g in set(groups):
+            assert len({folds[i] for i, gi in enumerate(groups) if gi == g}) == 1
 
     res = CliRunner().invoke(app, ["ensemble", "-e", "lib", "--method", "average,stacking", "--tracking-uri", uri])
     assert res.exit_code == 0, res.output
