@@ -17,7 +17,7 @@ import pandas as pd
 from harmonia import tracking
 from harmonia.ensembles.artifacts import curve_png, per_class_table, weights_png
 from harmonia.ensembles.cross_validated import compare_oof, fit_inputs
-from harmonia.ensembles.honest import (DEFAULT_FOLDS, DEFAULT_REPEATS, Candidate, HonestScore, has_groups, honest_score,
+from harmonia.ensembles.honest import (DEFAULT_FOLDS, DEFAULT_REPEATS, DEFAULT_RULE, Candidate, HonestScore, has_groups, honest_score,
                                       recommend, repeated_folds)
 from harmonia.ensembles.library import Library, clip_groups, collect
 from harmonia.ensembles.methods import METHOD_INFO, FittedEnsemble, by_simplicity, fit_method, member_weights, uses_oof
@@ -230,7 +230,7 @@ def build_ensemble(uri: str, experiment: str, *, method: str = "bagged_selection
 
 def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int = 20, metric: str = "mAP",
                     top_k: int = 5, progress: bool = True, snapshots: bool = True, skip_unavailable: bool = False,
-                    folds: int = DEFAULT_FOLDS, rule: str = "one_se") -> tuple[list[EnsembleReport], pd.DataFrame]:
+                    folds: int = DEFAULT_FOLDS, rule: str = DEFAULT_RULE) -> tuple[list[EnsembleReport], pd.DataFrame]:
     """Every method on the same library and the same honest folds, one run each, and the recommendation.
 
     The best single model and the plain average are always candidates. Returns the reports and a table

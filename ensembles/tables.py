@@ -5,12 +5,13 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
+from harmonia.ensembles.honest import ANCHOR, DEFAULT_RULE
 from harmonia.ensembles.stage import HONEST_NOTE, EnsembleReport
 from harmonia.progress import console
 
 
 def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], table: pd.DataFrame,
-                  rule: str = "one_se") -> None:
+                  rule: str = DEFAULT_RULE) -> None:
     """The methods table (honest beside in-sample), the recommendation and its export command."""
     setup = reports[0].setup
     t = Table(title=f"ensemble methods on {experiment} ({metric})",
@@ -26,7 +27,9 @@ def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], t
     lib = reports[0].library
     console.print(f"{HONEST_NOTE}; library: {len(lib.run_ids)} members kept of {lib.n_read or len(lib.run_ids)} read")
     best = table.loc[table["recommended"]].iloc[0]
-    why = {"one_se": "the simplest method within one standard error of the best honest score",
+    why = {"anchored": f"{ANCHOR}, the robust default, unless another method's honest score beats it by more "
+                       "than the paired standard error",
+           "one_se": "the simplest method within one standard error of the best honest score",
            "paired_se": "the simplest method within one standard error (paired over folds) of the best honest score",
            "best": "the best honest score"}[rule]
     console.print(f"* recommended: [bold]{best['method']}[/] ({why})")

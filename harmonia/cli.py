@@ -167,7 +167,8 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
              method: str = typer.Option("all", help="a method, a comma-separated list, or 'all' to compare them"),
              top_k: int = typer.Option(5, min=1),
              folds: int = typer.Option(5, min=2, help="held-out folds of valid for the honest scores"),
-             rule: str = typer.Option("one_se", help="recommendation: one_se (simplest within one s.e. of the best "
+             rule: str = typer.Option("anchored", help="recommendation: anchored (bagged selection unless another method "
+                                                       "beats it by more than the paired s.e.), one_se (simplest within one s.e. of the best "
                                                      "honest score), paired_se, or best"),
              snapshots: bool = typer.Option(True, help="also use the epoch snapshots trials kept (train.snapshots)"),
              config: Optional[Path] = typer.Option(None, help="take the tracking URI from this config"),

@@ -21,10 +21,13 @@ TASKS: tuple[str, ...] = get_args(Task)
 ordered tags of a clip (CTC, crnn_ctc_sequential_labels.txt §1.4); scene: one label per clip (softmax,
 cross-entropy; DCASE 2018 task 1)."""
 
-SearchMetric = Literal["mAP", "auc", "f1", "accuracy", "log_loss", "seq_acc"]
+SearchMetric = Literal["mAP", "auc", "f1", "accuracy", "log_loss", "seq_acc", "event_f1", "event_f1_macro",
+                       "segment_f1", "segment_er", "psds1", "psds2"]
+SED_EVENT_METRICS: tuple[str, ...] = ("event_f1", "event_f1_macro", "segment_f1", "segment_er", "psds1", "psds2")
+"""Scored per epoch from frame outputs and strong labels (trainables/tasks.py `sed_scores`), not from clip scores."""
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "tagging": ("mAP", "auc", "f1"),
-    "sed": ("mAP", "auc", "f1"),
+    "sed": ("mAP", "auc", "f1", *SED_EVENT_METRICS),
     "sequence": ("seq_acc", "mAP", "auc", "f1"),
     "scene": ("accuracy", "log_loss", "mAP", "auc"),
 }
@@ -223,7 +226,7 @@ class EnsembleConfig(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["average", "bagged_selection", "weighted",
                                                         "per_class_selection", "stacking"])
     folds: int = Field(5, ge=2)
-    rule: Literal["one_se", "paired_se", "best"] = "one_se"
+    rule: Literal["anchored", "one_se", "paired_se", "best"] = "anchored"
 
 
 class HarmoniaConfig(_Strict):
@@ -251,8 +254,9 @@ class HarmoniaConfig(_Strict):
         valid = TASK_METRICS[self.task]
         for key, metric in (("search.metric", self.search.metric), ("ensemble.metric", self.ensemble.metric)):
             if metric not in valid:
-                raise ValueError(f"{key}: {metric!r} is not a metric of task {self.task!r} "
-                                 f"(valid: {', '.join(m for m in valid if key == 'search.metric' or m != 'seq_acc')})")
+                clip_only = key == "ensemble.metric"
+                raise ValueError(f"{key}: {metric!r} is not a metric of task {self.task!r} (valid: "
+                                 f"{', '.join(m for m in valid if not clip_only or m not in ('seq_acc', *SED_EVENT_METRICS))})")
         return self
 
     @model_validator(mode="after")

@@ -1,26 +1,24 @@
-"""Metrics shared by trials, ensembles and reports: tagging, scene, sequence (CTC) and SED (DCASE settings).
+"""Metrics shared by trials, ensembles and reports: tagging, scene, sequence (CTC), and the registry.
 
 Tagging inputs are ``y_true [N, C]`` in {0, 1} and ``y_score [N, C]`` floats; sequence metrics
-take lists of label sequences. Everything is plain
-numpy (scipy for ranks and the median filter, sed_eval for event/segment metrics); tests check
-each metric against scikit-learn, sed_eval or its direct definition.
+take lists of label sequences. Everything is plain numpy (scipy for ranks); tests check each metric
+against scikit-learn or its direct definition. SED metrics (event, segment, PSDS) are in
+`harmonia.sed_metrics` and `harmonia.psds`; the registry names them too (inputs "events").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import median_filter
 from scipy.stats import rankdata
 
-Event = tuple[float, float, str]
-EventLists = Mapping[str, Sequence[Event]]
+# SED metrics live in harmonia.sed_metrics and harmonia.psds; these names stay importable from here.
+from harmonia.sed_metrics import (DCASE_PERCENTAGE_OF_LENGTH, DCASE_SEGMENT_RESOLUTION, DCASE_T_COLLAR,  # noqa: F401
+                                  Event, EventLists, decode_events, event_metrics, import_sed_eval,
+                                  segment_metrics)
 
-DCASE_T_COLLAR = 0.2
-DCASE_PERCENTAGE_OF_LENGTH = 0.2
-DCASE_SEGMENT_RESOLUTION = 1.0
 BCE_EPS = 1e-7
 
 
@@ -214,35 +212,6 @@ def _best_threshold(t: np.ndarray, s: np.ndarray) -> float:
     return float(vals[ends[k]] if lower is None else (vals[ends[k]] + lower) / 2)
 
 
-def decode_events(
-    frame_probs: np.ndarray,
-    hop_seconds: float,
-    classes: Sequence[str],
-    thresholds: np.ndarray | Sequence[float] | float,
-    median_lengths: np.ndarray | Sequence[int] | int,
-) -> list[Event]:
-    """Frame probabilities [T, C] to events: ``prob >= threshold``, a per-class median filter
-    (scipy.ndimage, ``median_lengths`` in frames, 1 = none), then contiguous runs.
-
-    Returns (onset, offset, label) sorted by onset then class order; offset is the end of the last frame.
-    """
-    probs = np.asarray(frame_probs, dtype=np.float64)
-    n_frames, n_classes = probs.shape
-    if len(classes) != n_classes:
-        raise ValueError(f"{len(classes)} class names for {n_classes} columns")
-    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (n_classes,))
-    med = np.broadcast_to(np.asarray(median_lengths, dtype=np.int64), (n_classes,))
-    events: list[tuple[int, int, Event]] = []
-    for c in range(n_classes):
-        active = (probs[:, c] >= thr[c]).astype(np.uint8)
-        if med[c] > 1:
-            active = median_filter(active, size=int(med[c]), mode="nearest")
-        edges = np.diff(np.r_[0, active, 0].astype(np.int8))
-        for on, off in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-            events.append((int(on), c, (float(on * hop_seconds), float(off * hop_seconds), classes[c])))
-    return [e for _, _, e in sorted(events, key=lambda x: (x[0], x[1]))]
-
-
 def ctc_best_path(posteriors: np.ndarray, blank: int | None = None) -> list[int]:
     """Best-path CTC decoding of one clip: argmax per frame, collapse repeats, drop blanks.
 
@@ -284,103 +253,13 @@ def sequence_accuracy(y_true: Sequence[Sequence], y_pred: Sequence[Sequence]) ->
     return float(np.mean([list(t) == list(p) for t, p in zip(y_true, y_pred)]))
 
 
-def _sed_event_list(events: EventLists, filename: str) -> list[dict]:
-    """One file's events in sed_eval's format; a file without events is ``[{"filename": f}]``."""
-    rows = [
-        {"filename": filename, "event_onset": float(on), "event_offset": float(off), "event_label": lab}
-        for on, off, lab in events.get(filename, ())
-    ]
-    return rows or [{"filename": filename}]
-
-
-def _sed_labels(reference: EventLists, estimated: EventLists, classes: Sequence[str] | None) -> list[str]:
-    if classes is not None:
-        return list(classes)
-    labels = {e[2] for evs in (*reference.values(), *estimated.values()) for e in evs}
-    return sorted(labels)
-
-
-def _sed_results(metric: object) -> dict[str, float]:
-    overall = metric.results_overall_metrics()  # type: ignore[attr-defined]
-    classwise = metric.results_class_wise_average_metrics()  # type: ignore[attr-defined]
-    return {
-        "f_measure": float(overall["f_measure"]["f_measure"]),
-        "precision": float(overall["f_measure"]["precision"]),
-        "recall": float(overall["f_measure"]["recall"]),
-        "error_rate": float(overall["error_rate"]["error_rate"]),
-        "f_measure_macro": float(classwise["f_measure"]["f_measure"]),
-    }
-
-
-def import_sed_eval():
-    """`sed_eval` (and its dependency dcase_util), imported only where event metrics are computed, with
-    dcase_util's `pkg_resources is deprecated` warning filtered at that import."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        import dcase_util.containers  # noqa: F401
-        import sed_eval
-    return sed_eval
-
-
-def _evaluate_sed(
-    metric: object, reference: EventLists, estimated: EventLists, files: Sequence[str]
-) -> dict[str, float]:
-    import_sed_eval()
-    from dcase_util.containers import MetaDataContainer
-
-    for f in files:
-        metric.evaluate(  # type: ignore[attr-defined]
-            reference_event_list=MetaDataContainer(_sed_event_list(reference, f)),
-            estimated_event_list=MetaDataContainer(_sed_event_list(estimated, f)),
-        )
-    return _sed_results(metric)
-
-
-def event_metrics(
-    reference_events: EventLists,
-    estimated_events: EventLists,
-    files: Sequence[str],
-    classes: Sequence[str] | None = None,
-) -> dict[str, float]:
-    """Event-based F1 / ER with the DCASE settings (200 ms onset collar, offset collar
-    max(200 ms, 20 % of length); dcase2018_digest.md §metrics), evaluated file by file with sed_eval.
-
-    Events are {filename: [(onset, offset, label), ...]}; files missing there have no events.
-    """
-    sed_eval = import_sed_eval()
-    metric = sed_eval.sound_event.EventBasedMetrics(
-        event_label_list=_sed_labels(reference_events, estimated_events, classes),
-        t_collar=DCASE_T_COLLAR,
-        percentage_of_length=DCASE_PERCENTAGE_OF_LENGTH,
-        empty_system_output_handling="zero_score",
-    )
-    return _evaluate_sed(metric, reference_events, estimated_events, files)
-
-
-def segment_metrics(
-    reference_events: EventLists,
-    estimated_events: EventLists,
-    files: Sequence[str],
-    classes: Sequence[str] | None = None,
-    time_resolution: float = DCASE_SEGMENT_RESOLUTION,
-) -> dict[str, float]:
-    """Segment-based F1 / ER (1 s segments, DCASE setting) with sed_eval, file by file."""
-    sed_eval = import_sed_eval()
-    metric = sed_eval.sound_event.SegmentBasedMetrics(
-        event_label_list=_sed_labels(reference_events, estimated_events, classes),
-        time_resolution=time_resolution,
-    )
-    return _evaluate_sed(metric, reference_events, estimated_events, files)
-
-
 @dataclass(frozen=True)
 class Metric:
     """A named metric ``fn(y_true, y_score) -> float`` and its direction.
 
     ``inputs`` says what it compares: "scores" (targets [N, C] and clip scores [N, C]; the ensemble
-    stage can use it) or "sequences" (true and decoded label sequences; trials of task sequence).
+    stage can use it), "sequences" (true and decoded label sequences; trials of task sequence) or
+    "events" (frame outputs against strong labels; trials of task sed; the registry gives name and direction).
     """
 
     name: str
@@ -396,6 +275,11 @@ class Metric:
         return 1.0 if self.greater_is_better else -1.0
 
 
+def _scored_from_events(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    raise TypeError("event, segment and PSDS metrics are scored from frame outputs and strong labels "
+                    "(harmonia.trainables.tasks.sed_scores; harmonia.sed_metrics, harmonia.psds), not from clip scores")
+
+
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
@@ -409,6 +293,8 @@ METRICS: dict[str, Metric] = {
         Metric("accuracy", accuracy, True),
         Metric("log_loss", log_loss, False),
         Metric("seq_acc", sequence_accuracy, True, inputs="sequences"),
+        *(Metric(name, _scored_from_events, name != "segment_er", inputs="events")
+          for name in ("event_f1", "event_f1_macro", "segment_f1", "segment_er", "psds1", "psds2")),
     )
 }
 

@@ -96,7 +96,7 @@ def test_overfitting_stacking_scores_high_in_sample_low_honestly_and_is_not_reco
               for name, kw in (("best_single", {}), ("average", {}), ("stacking", {"shrinkage": 0.0}))}
     assert scores["stacking"].mean < scores["best_single"].mean
     complexity = {"best_single": 0, "average": 1, "stacking": 6}
-    chosen = recommend([Candidate(n, complexity[n], s) for n, s in scores.items()], "mAP")
+    chosen = recommend([Candidate(n, complexity[n], s) for n, s in scores.items()], "mAP", rule="one_se")
     assert chosen != "stacking"
 
 
@@ -107,12 +107,28 @@ def test_recommendation_prefers_the_simplest_within_one_standard_error():
     s = np.sqrt(2) / 2  # replicates score +- se have standard deviation se * sqrt(2): scale them back
     cands = [Candidate("best_single", 0, hs(0.70, 0.01 * s)), Candidate("average", 1, hs(0.74, 0.01 * s)),
              Candidate("stacking", 6, hs(0.75, 0.015 * s))]
-    assert recommend(cands, "mAP") == "average"  # stacking is best (0.75), average within its s.e. (0.015)
+    assert recommend(cands, "mAP", rule="one_se") == "average"  # stacking best (0.75), average within its s.e.
     assert recommend(cands, "mAP", rule="best") == "stacking"
     cands[2] = Candidate("stacking", 6, hs(0.80, 0.01 * s))
-    assert recommend(cands, "mAP") == "stacking"  # a clear gain earns the complex method its place
+    assert recommend(cands, "mAP", rule="one_se") == "stacking"  # a clear gain earns the complex method its place
     low = [Candidate("a", 0, hs(0.30, 0.01)), Candidate("b", 3, hs(0.20, 0.01))]
-    assert recommend(low, "log_loss") == "b"  # lower is better
+    assert recommend(low, "log_loss", rule="one_se") == "b"  # lower is better
+
+
+def test_anchored_rule_keeps_bagged_selection_unless_clearly_beaten():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 0.02, 200)  # shared bootstrap noise: the paired differences are what count
+
+    def hs(score, jitter):
+        return HonestScore(score, list(score + base + rng.normal(0, jitter, 200)), [], False)
+
+    bagged = Candidate("bagged_selection", 3, hs(0.70, 0.005))
+    single = Candidate("best_single", 0, hs(0.71, 0.005))  # 0.01 better, paired s.e. about 0.007
+    assert recommend([single, bagged], "mAP") == "best_single"
+    close = Candidate("best_single", 0, hs(0.702, 0.005))  # within the paired s.e.
+    assert recommend([close, bagged], "mAP") == "bagged_selection"
+    assert recommend([close, bagged], "mAP", rule="best") == "best_single"
+    assert recommend([close], "mAP") == "best_single"  # no anchor among the candidates: the one_se rule
 
 
 def test_shrunk_stacking_chooses_its_strength_on_inner_folds():

@@ -236,12 +236,12 @@ class CrossValidatedTrainer:
             fold_metrics[f"fold{i}_best_epoch"] = float(t.best_epoch)
         self.last_valid = self._assemble([t.last_valid for t in self.trainers])
         metrics = {"train_loss": float(np.mean(losses)) if losses else float("nan"),
-                   **self.strategy.evaluate(self.pool, *self.last_valid, "valid")}
+                   **self.strategy.evaluate(self.pool, *self.last_valid, "valid", hop_seconds=self.data.hop_seconds)}
         if not math.isfinite(metrics["valid_loss"]):
             raise NonFiniteLossError(f"out-of-fold valid loss became {metrics['valid_loss']} at epoch {self.epoch}")
         if improved:  # some fold's best changed: the logged member changes
             self.best_epoch = self.epoch
-            best = self.strategy.evaluate(self.pool, *self.best_valid, "valid")
+            best = self.strategy.evaluate(self.pool, *self.best_valid, "valid", hop_seconds=self.data.hop_seconds)
             self.best_score = best[f"valid_{self.metric}"]
         metrics.update(fold_metrics, best_valid_score=self.best_score, best_epoch=float(self.best_epoch))
         return EpochResult(self.epoch, metrics, improved, self.done)

@@ -16,9 +16,13 @@ from harmonia.config import TASK_METRICS
 from harmonia.featureset import FeatureSet, SplitArrays
 from harmonia.metrics import (accuracy, ctc_decode, f1_micro, log_loss, mean_average_precision, roc_auc_macro,
                               sequence_accuracy, with_blank)
+from harmonia.psds import psds_scores
+from harmonia.sed_metrics import binary_median, event_counts, f_scores, frame_runs, segment_counts, segment_scores
 from harmonia.trainables.augmentations import Batch
 
 EPS = 1e-7
+EPOCH_THRESHOLD = 0.5  # a trial's event decoding: fixed threshold, then a median filter of about
+EPOCH_MEDIAN_SECONDS = 0.45  # the DESED baseline's (7 frames of 64 ms); ensembles fit both per class
 
 
 def pool_frame_targets(y_frames: torch.Tensor, t_out: int) -> torch.Tensor:
@@ -68,7 +72,9 @@ class TaskStrategy:
     def loss(self, out: tuple[torch.Tensor, ...], batch: Batch, split: SplitArrays, idx: np.ndarray) -> torch.Tensor:
         return _bce(out[0], batch.y)
 
-    def evaluate(self, split: SplitArrays, clip: np.ndarray, frames: np.ndarray, prefix: str) -> dict[str, float]:
+    def evaluate(self, split: SplitArrays, clip: np.ndarray, frames: np.ndarray, prefix: str, *,
+                 hop_seconds: float | None = None) -> dict[str, float]:
+        """`{prefix}_<metric>` scores of a split's clip and frame outputs; `hop_seconds` is the feature hop."""
         return tag_scores(split.y, clip, prefix)
 
 
@@ -86,6 +92,28 @@ class SedStrategy(TaskStrategy):
         clip, frames = out
         target = pool_frame_targets(batch.y_frames, frames.shape[1]).to(frames.device)
         return _bce(clip, batch.y) + _bce(frames, target)
+
+    def evaluate(self, split, clip, frames, prefix, *, hop_seconds=None):
+        out = tag_scores(split.y, clip, prefix)
+        if split.y_frames is not None and hop_seconds is not None:
+            out.update(sed_scores(np.asarray(split.y_frames), frames, hop_seconds, prefix))
+        return out
+
+
+def sed_scores(y_frames: np.ndarray, frames: np.ndarray, hop_seconds: float, prefix: str) -> dict[str, float]:
+    """Event F1 (micro, macro), segment F1 / ER of the epoch decoding, and PSDS1 / PSDS2 (threshold-free) of
+    frame outputs [N, T', C] against the strong labels [N, T, C] at feature hop `hop_seconds` (events as the
+    frame targets hold them, each edge within one hop of the annotation)."""
+    hop = hop_seconds * max(1, y_frames.shape[1] // frames.shape[1])  # the model's output hop
+    ref = frame_runs(y_frames, hop_seconds)
+    median = max(1, int(round(EPOCH_MEDIAN_SECONDS / hop)) // 2 * 2 + 1)
+    active = binary_median((frames >= EPOCH_THRESHOLD).transpose(0, 2, 1), median).transpose(0, 2, 1)
+    est = frame_runs(active, hop)
+    n, _, c = frames.shape
+    out = {**f_scores(event_counts(ref, est, c), f"{prefix}_event"),
+           **segment_scores(segment_counts(ref, est, n, c), f"{prefix}_segment"),
+           **psds_scores(frames, hop, ref, np.full(n, y_frames.shape[1] * hop_seconds), f"{prefix}_")}
+    return {k: float(v) for k, v in out.items()}
 
 
 class SequenceStrategy(TaskStrategy):
@@ -116,7 +144,7 @@ class SequenceStrategy(TaskStrategy):
     def loss(self, out, batch, split, idx):
         return ctc_loss(out[0], split.y_seq[idx])
 
-    def evaluate(self, split, clip, frames, prefix):
+    def evaluate(self, split, clip, frames, prefix, *, hop_seconds=None):
         out = tag_scores(split.y, clip, prefix)
         truth = split.sequences()
         out[f"{prefix}_seq_acc"] = sequence_accuracy(truth, ctc_decode(frames))
@@ -154,7 +182,7 @@ class SceneStrategy(TaskStrategy):
     def loss(self, out, batch, split, idx):
         return -(batch.y * torch.log(out[0].float().clamp_min(1e-30))).sum(dim=1).mean()
 
-    def evaluate(self, split, clip, frames, prefix):
+    def evaluate(self, split, clip, frames, prefix, *, hop_seconds=None):
         out = {f"{prefix}_accuracy": accuracy(split.y, clip), f"{prefix}_log_loss": log_loss(split.y, clip),
                f"{prefix}_mAP": mean_average_precision(split.y, clip), f"{prefix}_auc": roc_auc_macro(split.y, clip)}
         out[f"{prefix}_loss"] = out[f"{prefix}_log_loss"]

@@ -146,7 +146,8 @@ class Trainer:
         self.epoch += 1
         probs, frames = self.predict("valid")
         self.last_valid = (probs, frames)
-        metrics = {"train_loss": train_loss, **self.strategy.evaluate(self.data.splits["valid"], probs, frames, "valid")}
+        metrics = {"train_loss": train_loss, **self.strategy.evaluate(self.data.splits["valid"], probs, frames, "valid",
+                                                                    hop_seconds=self.data.hop_seconds)}
         if not math.isfinite(metrics["valid_loss"]):
             raise NonFiniteLossError(f"valid loss became {metrics['valid_loss']} at epoch {self.epoch}")
         score = metrics[f"valid_{self.metric}"]
