@@ -166,8 +166,8 @@ def test_permuted_test_labels_change_no_fitted_choice(ensembled):
     """Weights, thresholds and SED filters come from valid only: scrambled test labels change no choice."""
     import dataclasses
 
-    from harmonia.ensembles.methods import uses_oof
-    from harmonia.ensembles.methods import METHODS
+    from harmonia.ensembles.honest import RULES, Candidate, recommend
+    from harmonia.ensembles.methods import METHOD_INFO, METHODS, uses_oof
     from harmonia.ensembles.stage import fit_and_log
 
     cfg, report = ensembled
@@ -178,6 +178,7 @@ def test_permuted_test_labels_change_no_fitted_choice(ensembled):
     ids = np.array(lib.test_ids)
     events["test"] = events["test"].assign(clip_id=events["test"]["clip_id"].map(dict(zip(ids, ids[perm]))))
     scrambled = dataclasses.replace(lib, y_test=lib.y_test[perm], events=events)
+    picks = {"lib": [], "scrambled": []}
     for method in sorted(m for m in METHODS if not uses_oof(m)):  # these trials have no OOF predictions: test_cross_validation
         a = fit_and_log(lib, cfg.tracking.uri, cfg.name, method=method, size=5, metric="mAP", top_k=3)
         b = fit_and_log(scrambled, cfg.tracking.uri, cfg.name, method=method, size=5, metric="mAP", top_k=3)
@@ -186,6 +187,10 @@ def test_permuted_test_labels_change_no_fitted_choice(ensembled):
         assert a.comparison.loc["ensemble", "valid"] == b.comparison.loc["ensemble", "valid"]
         assert (a.honest.score, a.honest.boot, a.honest.f1) == (b.honest.score, b.honest.boot, b.honest.f1), method
         assert a.extra["sed"]["decisions"] == b.extra["sed"]["decisions"], method  # thresholds + median filters
+        picks["lib"].append(Candidate(method, METHOD_INFO[method].complexity, a.honest))
+        picks["scrambled"].append(Candidate(method, METHOD_INFO[method].complexity, b.honest))
+    for rule in RULES:
+        assert recommend(picks["lib"], "mAP", rule) == recommend(picks["scrambled"], "mAP", rule), rule
 
 
 def test_trials_table_shows_used_augmentations_and_only_params_that_differ():
