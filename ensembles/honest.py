@@ -192,8 +192,9 @@ class Candidate:
 def recommend(candidates: list[Candidate], metric: str | Metric, rule: str = DEFAULT_RULE, anchor: str = ANCHOR) -> str:
     """The candidate to export, by `rule` (ties to the simpler).
 
-    `anchored` (default): the robust default `anchor` (bagged selection) unless another candidate's honest
-    score beats it by more than the standard error of their difference over the same bootstrap resamples;
+    `anchored` (default): the robust default `anchor` (bagged selection) unless another ensemble's honest
+    score beats it by more than the standard error of their difference over the same bootstrap resamples
+    (the best single model does not displace it: under shift, valid-based estimates under-rate averaging);
     `one_se`: the simplest candidate within one standard error of the best honest score (Breiman's rule);
     `paired_se`: the simplest within the paired standard error of the difference to the best; `best`: the
     best honest score. benchmarks/ensemble_validity.py compares them on sets with real shift: valid-based
@@ -213,8 +214,9 @@ def recommend(candidates: list[Candidate], metric: str | Metric, rule: str = DEF
         return best.name
     if rule == "anchored":
         base = next((c for c in usable if c.name == anchor), None)
-        if base is not None:
-            better = [c for c in usable if sign * (c.honest.mean - base.honest.mean) > _paired_se(base, c)]
+        if base is not None:  # it gives way only to another ensemble (complexity >= 1) that clearly beats it
+            better = [c for c in usable if c.complexity >= 1
+                      and sign * (c.honest.mean - base.honest.mean) > _paired_se(base, c)]
             return max(better, key=lambda c: (sign * c.honest.mean, -c.complexity)).name if better else base.name
         rule = "one_se"
 

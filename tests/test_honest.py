@@ -123,12 +123,15 @@ def test_anchored_rule_keeps_bagged_selection_unless_clearly_beaten():
         return HonestScore(score, list(score + base + rng.normal(0, jitter, 200)), [], False)
 
     bagged = Candidate("bagged_selection", 3, hs(0.70, 0.005))
-    single = Candidate("best_single", 0, hs(0.71, 0.005))  # 0.01 better, paired s.e. about 0.007
-    assert recommend([single, bagged], "mAP") == "best_single"
-    close = Candidate("best_single", 0, hs(0.702, 0.005))  # within the paired s.e.
+    weighted = Candidate("weighted", 4, hs(0.71, 0.005))  # 0.01 better, paired s.e. about 0.007
+    assert recommend([weighted, bagged], "mAP") == "weighted"
+    close = Candidate("weighted", 4, hs(0.702, 0.005))  # within the paired s.e.
     assert recommend([close, bagged], "mAP") == "bagged_selection"
-    assert recommend([close, bagged], "mAP", rule="best") == "best_single"
-    assert recommend([close], "mAP") == "best_single"  # no anchor among the candidates: the one_se rule
+    assert recommend([close, bagged], "mAP", rule="best") == "weighted"
+    single = Candidate("best_single", 0, hs(0.71, 0.005))  # a single model does not displace the anchor
+    assert recommend([single, bagged], "mAP") == "bagged_selection"
+    assert recommend([single, bagged], "mAP", rule="paired_se") == "best_single"
+    assert recommend([single], "mAP") == "best_single"  # no anchor among the candidates: the one_se rule
 
 
 def test_shrunk_stacking_chooses_its_strength_on_inner_folds():
