@@ -150,7 +150,11 @@ def score(events: pd.DataFrame, estimated: dict[str, list], clip_ids: list[str],
             "segment_f1": seg["f_measure"], "segment_er": seg["error_rate"]}
 
 
+def reference_arrays(events: pd.DataFrame, clip_ids: list[str], classes: list[str]) -> EventArrays:
+    """The clips' strong labels as `EventArrays` (file = position in `clip_ids`)."""
+    return EventArrays.from_lists(reference_events(events, clip_ids), clip_ids, classes)
+
+
 def psds_of(probs: np.ndarray, hop: float, events: pd.DataFrame, clip_ids: list[str], classes: list[str]) -> dict[str, float]:
     """PSDS1 and PSDS2 (threshold-free, harmonia.psds) of combined frame outputs [N, T, C] at `hop`."""
-    ref = EventArrays.from_lists(reference_events(events, clip_ids), clip_ids, classes)
-    return psds_scores(probs, hop, ref)
+    return psds_scores(probs, hop, reference_arrays(events, clip_ids, classes))

@@ -175,7 +175,8 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
     metrics.update({"members": float(len(members)), "honest_valid_f1_at_thresholds": honest.f1_mean})
     sed = fit_sed(lib, weights) if lib.frames else None
     if sed is not None:
-        metrics.update({f"{split}_{k}": v for split, scores in sed["scores"].items() for k, v in scores.items()})
+        metrics.update({f"{'insample_valid' if split == 'valid' else split}_{k}": v
+                        for split, scores in sed["scores"].items() for k, v in scores.items()})
     tracking.log_metrics(c, rid, {k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=0)
     spec = {
         "format": "harmonia.ensemble/1", "method": method, "metric": metric, "classes": lib.classes,
@@ -205,7 +206,7 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
 
 def fit_sed(lib: Library, weights: np.ndarray) -> dict:
     """Frame outputs combined with the member weights; per-class threshold and median filter fitted on
-    valid; event- and segment-based scores on valid (in-sample) and test."""
+    valid for event F1; event- and segment-based scores and PSDS1/2 on valid (in-sample) and test."""
     from harmonia.ensembles import sed
     from harmonia.featureset import frame_targets
 
@@ -213,8 +214,10 @@ def fit_sed(lib: Library, weights: np.ndarray) -> dict:
     ids = {"valid": lib.valid_ids, "test": lib.test_ids}
     n_frames = probs["valid"].shape[1]
     targets = frame_targets(lib.events["valid"], lib.valid_ids, lib.classes, n_frames, lib.hop_seconds)
-    decisions = sed.fit_decisions(probs["valid"], targets, lib.hop_seconds)
-    scores = {split: sed.score(lib.events[split], sed.decode(p, ids[split], lib.classes, decisions), ids[split], lib.classes)
+    reference = sed.reference_arrays(lib.events["valid"], lib.valid_ids, lib.classes)
+    decisions = sed.fit_decisions(probs["valid"], targets, lib.hop_seconds, reference=reference, classes=lib.classes)
+    scores = {split: {**sed.score(lib.events[split], sed.decode(p, ids[split], lib.classes, decisions), ids[split],
+                                  lib.classes), **sed.psds_of(p, lib.hop_seconds, lib.events[split], ids[split], lib.classes)}
               for split, p in probs.items()}
     return {"decisions": decisions.to_dict(), "scores": scores}
 

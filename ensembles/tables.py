@@ -24,6 +24,8 @@ def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], t
                   f"{r['valid_insample']:.3f}", f"{r['test']:.3f}", str(r["members"]), r["run_id"][:8],
                   style="bold green" if r["recommended"] else None)
     console.print(t)
+    if reports[0].extra.get("sed"):
+        print_sed(experiment, reports, table)
     lib = reports[0].library
     console.print(f"{HONEST_NOTE}; library: {len(lib.run_ids)} members kept of {lib.n_read or len(lib.run_ids)} read")
     best = table.loc[table["recommended"]].iloc[0]
@@ -52,3 +54,30 @@ def print_comparison(report: EnsembleReport) -> None:
     names = dict(zip(report.library.run_ids, report.library.run_names))
     console.print("members: " + ", ".join(f"{names[r]}×{w:.2f}" for r, w in report.members))
     console.print(f"ensemble run: [bold]{report.run_id}[/]")
+
+
+SED_COLUMNS = {"event F1": "event_f1", "seg F1": "segment_f1", "seg ER": "segment_er", "PSDS1": "psds1",
+               "PSDS2": "psds2"}
+
+
+def print_sed(experiment: str, reports: list[EnsembleReport], table: pd.DataFrame) -> None:
+    """Event / segment scores (decisions fitted on valid for event F1) and PSDS of every method beside its mAP
+    (the methods table's metric), valid in-sample and test; then the decisions that sit at a grid edge."""
+    metric = reports[0].metric
+    t = Table(title=f"sound event detection on {experiment}",
+              caption="valid*: in-sample (thresholds and median filters fitted on all of valid); test only reported")
+    for col in ("method", "split", *SED_COLUMNS, metric):
+        t.add_column(col, no_wrap=col == "method")
+    rows = table.set_index("method")
+    for r in reports:
+        for split, label, clip in (("valid", "valid*", "valid_insample"), ("test", "test", "test")):
+            s = r.extra["sed"]["scores"].get(split)
+            if s is not None:
+                t.add_row(r.method if split == "valid" else "", label, *(f"{s.get(k, float('nan')):.3f}"
+                          for k in SED_COLUMNS.values()), f"{rows.loc[r.method, clip]:.3f}")
+    console.print(t)
+    chosen = next((r for r in reports if bool(rows.loc[r.method, "recommended"])), reports[0])
+    edges = chosen.extra["sed"]["decisions"].get("at_grid_edge", {})
+    if edges:
+        console.print(f"{chosen.method}: decisions at a grid edge (the best may lie beyond it): "
+                      + "; ".join(f"{c}: {', '.join(v)}" for c, v in edges.items()), soft_wrap=True)

@@ -91,3 +91,33 @@ def test_exported_sed_bundle_writes_dcase_events(sed_report, tmp_path):
     assert list(ev.columns) == ["filename", "onset", "offset", "event_label"]
     assert (ev["onset"] < ev["offset"]).all() and set(ev["filename"]) <= set(wavs)
     assert set(ev["event_label"]) <= set(lib.classes)
+
+
+def test_sed_ensemble_reports_psds_and_event_fitted_decisions(sed_report):
+    from harmonia import tracking
+
+    cfg, report = sed_report
+    sed = report.extra["sed"]
+    assert sed["decisions"]["objective"] == "event_f1" and isinstance(sed["decisions"]["at_grid_edge"], dict)
+    metrics = tracking.client(cfg.tracking.uri).get_run(report.run_id).data.metrics
+    for split, key in (("valid", "insample_valid"), ("test", "test")):
+        s = sed["scores"][split]
+        assert 0.0 <= s["psds1"] <= 1.0 and 0.0 <= s["psds2"] <= 1.0 and 0.0 <= s["event_f1_macro"] <= 1.0
+        assert metrics[f"{key}_psds2"] == pytest.approx(s["psds2"]) and metrics[f"{key}_segment_er"] == pytest.approx(s["segment_er"])
+    assert "valid_psds1" not in metrics  # valid scores of a fitted ensemble are labelled in-sample
+
+
+def test_ensemble_command_prints_the_sed_table(searched):
+    from typer.testing import CliRunner
+
+    from harmonia.cli import app
+
+    cfg, _ = searched
+    res = CliRunner().invoke(app, ["ensemble", "--experiment", cfg.name, "--method", "average", "--size", "3",
+                                   "--folds", "2", "--tracking-uri", cfg.tracking.uri], env={"COLUMNS": "100"})
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "sound event detection on" in out
+    for col in ("event F1", "seg F1", "seg ER", "PSDS1", "PSDS2", "valid*"):
+        assert col in out, col
+    assert out.index("ensemble methods on") < out.index("sound event detection on")

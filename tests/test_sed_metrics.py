@@ -130,3 +130,24 @@ def test_binary_median_and_frame_runs_equal_scipy_and_decode_events():
     got = sorted(zip(runs.file.tolist(), runs.onset.tolist(), runs.offset.tolist(), runs.cls.tolist()))
     want = sorted((int(f), on, off, CLASSES.index(lab)) for f, evs in decoded.items() for on, off, lab in evs)
     assert got == want
+
+
+def test_epoch_scores_of_perfect_frames_at_every_output_hop():
+    import torch
+
+    from harmonia.trainables.tasks import pool_frame_targets, sed_scores
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((6, 200, 3), np.uint8)
+    for i in range(6):
+        for c in range(3):
+            a = int(rng.integers(0, 150))
+            y[i, a:a + int(rng.integers(20, 50)), c] = 1
+    for pool in (1, 2, 4):  # models that pool time output frames at 1, 2, 4 feature hops
+        frames = pool_frame_targets(torch.from_numpy(y).float(), 200 // pool).numpy() * 0.9 + 0.05
+        got = sed_scores(y, frames, 0.02, "valid")
+        assert got == pytest.approx({"valid_event_f1": 1.0, "valid_event_f1_macro": 1.0, "valid_segment_f1": 1.0,
+                                     "valid_segment_f1_macro": 1.0, "valid_segment_er": 0.0, "valid_psds1": 1.0,
+                                     "valid_psds2": 1.0})
+        noisy = sed_scores(y, np.clip(frames + rng.normal(0, 0.3, frames.shape), 0, 1), 0.02, "valid")
+        assert noisy["valid_event_f1"] < 1.0 and noisy["valid_psds1"] < 1.0
