@@ -194,7 +194,10 @@ def test_search_on_two_node_cluster_with_tracking_server(cluster, server, shared
     exp = c.get_experiment_by_name(name)
     ens = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'ensemble'",
                         order_by=["attributes.start_time DESC"])
-    assert len(ens) == 1 and ens[0].info.status == "FINISHED", [(r.info.run_name, r.info.status) for r in ens]
+    # selection plus the two candidates every recommendation weighs (best_single, average)
+    assert sorted(r.data.tags["harmonia.method"] for r in ens) == ["average", "best_single", "selection"]
+    assert all(r.info.status == "FINISHED" for r in ens), [(r.info.run_name, r.info.status) for r in ens]
+    ens = [r for r in ens if r.data.tags["harmonia.method"] == "selection"]
     assert any(server.artifacts.rglob(f"{ens[0].info.run_id}/artifacts/ensemble.json")), "stored by the server"
     out_dir = tmp_path / "bundle"
     res = runner.invoke(app, ["export", str(out_dir), "--run", ens[0].info.run_id, "--tracking-uri", server.url])
