@@ -157,7 +157,8 @@ def test_search_and_ensemble_on_an_mlflow_server_with_a_postgresql_backend(ray_l
             if r.data.tags[tracking.KIND_TAG] == "trial":
                 names = {a.path for a in c.list_artifacts(r.info.run_id, "predictions")}
                 assert {"predictions/valid.parquet", "predictions/test.parquet"} <= names, names
-        (ens,) = [r for r in runs.values() if r.data.tags[tracking.KIND_TAG] == "ensemble"]
+        (ens,) = [r for r in runs.values() if r.data.tags[tracking.KIND_TAG] == "ensemble"
+                  and r.data.tags.get("harmonia.method") == "selection"]
         assert "ensemble.json" in {a.path for a in c.list_artifacts(ens.info.run_id)}
         assert list((tmp_path / "artifacts").rglob(f"{ens.info.run_id}/artifacts/ensemble.json")), "stored by the server"
 
