@@ -6,7 +6,7 @@ from pathlib import Path
 
 from harmonia.data.problems import Collector
 from harmonia.data.records import ClipRecord, Listed
-from harmonia.data.text import EMPTY_VALUES, filename_ok
+from harmonia.data.text import EMPTY_VALUES, filename_ok, parse_int, read_csv
 
 SKIP = "none"
 
@@ -44,3 +44,14 @@ def check_folds(folds: set[int], test_fold: int, valid_fold: int, file: str, out
             out.error(file, None, f"{name}={fold} is not a fold of this dataset (folds: {sorted(folds)})")
             return False
     return True
+
+
+def folded_rows(root: Path, meta: str, columns: tuple[str, ...], test_fold: int, valid_fold: int,
+                out: Collector) -> list[tuple[int, dict[str, str], int]]:
+    """(line, row, fold) of a fold-numbered metadata CSV; empty when the configured folds do not fit it."""
+    rows = []
+    for line, row in read_csv(root / meta, meta, columns, out):
+        fold = parse_int(row["fold"], "fold", meta, line, out)
+        if fold is not None:
+            rows.append((line, row, fold))
+    return rows if check_folds({f for _, _, f in rows}, test_fold, valid_fold, meta, out) else []

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harmonia.data.formats.csv_clips import add_clip, check_folds, fold_split
+from harmonia.data.formats.csv_clips import add_clip, fold_split, folded_rows
 from harmonia.data.problems import Collector
 from harmonia.data.records import ClipRecord
 from harmonia.data.registry import Format, Read, ReadOptions, register
-from harmonia.data.text import parse_int, read_csv
 
 META = "meta/esc50.csv"
 COLUMNS: tuple[str, ...] = ("filename", "fold", "category", "src_file")
@@ -24,16 +23,10 @@ def detect(root: Path) -> list[str]:
 
 def read(root: Path, options: ReadOptions, out: Collector) -> Read:
     test_fold, valid_fold = options.test_fold or TEST_FOLD, options.valid_fold or VALID_FOLD
-    rows = []
-    for line, row in read_csv(root / META, META, COLUMNS, out):
-        fold = parse_int(row["fold"], "fold", META, line, out)
-        if fold is not None:
-            rows.append((line, row, fold))
     clips: dict[str, ClipRecord] = {}
-    if check_folds({f for _, _, f in rows}, test_fold, valid_fold, META, out):
-        for line, row, fold in rows:
-            add_clip(clips, fold_split(fold, test_fold, valid_fold), row["filename"], root / "audio", META, line,
-                     [row["category"]], out, group=row["src_file"], fold=fold)
+    for line, row, fold in folded_rows(root, META, COLUMNS, test_fold, valid_fold, out):
+        add_clip(clips, fold_split(fold, test_fold, valid_fold), row["filename"], root / "audio", META, line,
+                 [row["category"]], out, group=row["src_file"], fold=fold)
     files = {s: [f"{META} fold {f}" if s != "train" else f"{META} other folds", "audio/"]
              for s, f in (("train", None), ("valid", valid_fold), ("test", test_fold))}
     return Read(clips, None, False, files)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harmonia.data.formats.csv_clips import add_clip, check_folds, fold_split
+from harmonia.data.formats.csv_clips import add_clip, fold_split, folded_rows
 from harmonia.data.problems import Collector
 from harmonia.data.records import ClipRecord
 from harmonia.data.registry import Format, Read, ReadOptions, register
-from harmonia.data.text import parse_int, read_csv
 
 META = "metadata/UrbanSound8K.csv"
 COLUMNS: tuple[str, ...] = ("slice_file_name", "fsID", "fold", "class")
@@ -25,17 +24,10 @@ def detect(root: Path) -> list[str]:
 
 def read(root: Path, options: ReadOptions, out: Collector) -> Read:
     test_fold, valid_fold = options.test_fold or TEST_FOLD, options.valid_fold or VALID_FOLD
-    rows = []
-    for line, row in read_csv(root / META, META, COLUMNS, out):
-        fold = parse_int(row["fold"], "fold", META, line, out)
-        if fold is not None:
-            rows.append((line, row, fold))
     clips: dict[str, ClipRecord] = {}
-    if check_folds({f for _, _, f in rows}, test_fold, valid_fold, META, out):
-        for line, row, fold in rows:
-            add_clip(clips, fold_split(fold, test_fold, valid_fold), row["slice_file_name"],
-                     root / "audio" / f"fold{fold}", META, line, [row["class"]], out, group=row["fsID"],
-                     fold=fold)
+    for line, row, fold in folded_rows(root, META, COLUMNS, test_fold, valid_fold, out):
+        add_clip(clips, fold_split(fold, test_fold, valid_fold), row["slice_file_name"],
+                 root / "audio" / f"fold{fold}", META, line, [row["class"]], out, group=row["fsID"], fold=fold)
     files = {"train": [f"{META} other folds", "audio/fold*/"], "valid": [f"{META} fold {valid_fold}"],
              "test": [f"{META} fold {test_fold}"]}
     return Read(clips, None, False, files)
