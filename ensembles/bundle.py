@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harmonia import __version__, tracking
 from harmonia.config import FeatureConfig
+from harmonia.ensembles.costs import cost_summary, run_costs
 from harmonia.ensembles.library import download, member_source
+from harmonia.ensembles.serving import model_signature
 from harmonia.trainables.cross_validation import member_weight_files
 
 BUNDLE_FORMAT = "harmonia.bundle/1"
@@ -50,6 +52,7 @@ class Bundle(BaseModel):
     scores: dict[str, dict[str, float]]
     ensemble_run_id: str
     versions: dict[str, str]
+    costs: dict | None = None  # each member's cost_* metrics and their total (ensembles/costs.py)
 
 
 def sha256(path: Path) -> str:
@@ -146,7 +149,8 @@ def export_bundle(uri: str, ensemble_run_id: str, out: str | Path, name: str | N
     bundle = Bundle(format=BUNDLE_FORMAT, name=name or spec.get("method", "ensemble"), classes=spec["classes"],
                     method=spec["method"], metric=spec["metric"], library_size=len(spec["library"]),
                     members=members, fitted=spec["fitted"], thresholds=spec["thresholds"], sed=spec.get("sed"), feature=feature,
-                    scores=spec["scores"], ensemble_run_id=ensemble_run_id, versions=_versions())
+                    scores=spec["scores"], ensemble_run_id=ensemble_run_id, versions=_versions(),
+                    costs=cost_summary(run_costs(uri, [m.run_id for m in members])))
     (out / "ensemble.json").write_text(bundle.model_dump_json(indent=2))
     return out
 
@@ -214,15 +218,6 @@ def check_member_files(path: Path, spec_file: Path, m: BundleMember) -> None:
         verified(f)  # listed files the loader does not read must still be intact
 
 
-def model_signature(classes: list[str]):
-    """The pyfunc's signature: a `path` column in; `filename`, one float score per class, `event_labels` out."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    outputs = [ColSpec("string", "filename"), *(ColSpec("float", c) for c in classes), ColSpec("string", "event_labels")]
-    return ModelSignature(inputs=Schema([ColSpec("string", "path")]), outputs=Schema(outputs))
-
-
 def register_model(uri: str, bundle_dir: str | Path, ensemble_run_id: str, model_name: str) -> str:
     """Log the bundle as an MLflow pyfunc (models-from-code: no pickled code) and register it."""
     import mlflow
@@ -231,7 +226,7 @@ def register_model(uri: str, bundle_dir: str | Path, ensemble_run_id: str, model
     bundle = read_bundle(bundle_dir)
     code = Path(__file__).with_name("pyfunc_model.py")
     with mlflow.start_run(run_id=ensemble_run_id), warnings.catch_warnings():
-        # the input is audio paths on the loading machine: no example file travels with the model
+        # the input is audio (paths or bytes): no example file travels with the model
         warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(code), artifacts={"bundle": str(bundle_dir)},

@@ -94,6 +94,11 @@ def _select(method: str, preds: np.ndarray, y: np.ndarray, metric: Metric, size:
                           None if curve is None else [float(metric.sign() * v) for v in curve])
 
 
+def greedy_ensemble_score(preds: np.ndarray, y: np.ndarray, size: int, metric: str) -> float:
+    """In-sample score of greedy selection with replacement (best prefix kept): the search's ensemble objective."""
+    return float(ensemble_selection(preds, y, size=size, metric=metric).score)
+
+
 @register_method("selection", sized=True, complexity=3)
 def fit_selection(preds: np.ndarray, y: np.ndarray, metric: Metric, size: int = 50, **kwargs) -> FittedEnsemble:
     """Greedy selection with replacement from the best model, best in-sample prefix kept (the reference

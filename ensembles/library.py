@@ -94,27 +94,14 @@ def load_sed(lib: "Library", uri: str, search_run_id: str, durations: float | No
     return lib
 
 
-def download(uri: str, run_id: str, path: str, dst: str) -> Path:
-    import mlflow.artifacts
-
-    return Path(tracking.retry(lambda: mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=uri)))
-
-
-def read_table(uri: str, run_id: str, path: str) -> pd.DataFrame:
-    with tempfile.TemporaryDirectory() as tmp:
-        return pd.read_parquet(download(uri, run_id, path, tmp))
+download, read_table = tracking.download, tracking.read_table
 
 
 def align(df: pd.DataFrame, ids: list[str], classes: list[str], what: str) -> np.ndarray:
-    missing = [c for c in classes if c not in df.columns]
-    if missing:
-        raise LibraryError(f"{what}: missing class columns {missing}")
-    df = df.set_index(df["clip_id"].astype(str))
-    absent = set(ids) - set(df.index)
-    if absent:
-        raise LibraryError(f"{what}: {len(absent)} clips missing, e.g. {sorted(absent)[:3]}")
-    return df.loc[ids, classes].to_numpy(np.float32)
+    try:
+        return tracking.predictions_array(df, ids, classes, what)
+    except tracking.PredictionsError as e:
+        raise LibraryError(str(e)) from e
 
 
 def collapse_duplicates(loaded: list[tuple]) -> tuple[list[tuple], dict[str, list[str]]]:

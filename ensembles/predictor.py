@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harmonia.data.audio import AudioError, load_audio
+from harmonia.data.audio import AudioError, load_audio, load_audio_bytes
 from harmonia.config import FeatureConfig
 from harmonia.ensembles.bundle import Bundle, read_bundle
 from harmonia.ensembles.methods import FittedEnsemble
@@ -22,6 +22,9 @@ Features = Union[np.ndarray, dict[str, np.ndarray]]
 """One file's features: a mapping feature key (`FeatureConfig.key()`) → [frames, width] array with one
 entry per distinct member feature config (`EnsemblePredictor.features`), or a bare array when every
 member uses the same config."""
+
+AudioSource = Union[str, Path, bytes]
+"""An audio file's path on this machine, or the bytes of an audio file (a request to a served model)."""
 
 
 @dataclass
@@ -66,13 +69,15 @@ class EnsemblePredictor:
                                   feature.key()))
         return cls(bundle, members, configs)
 
-    def features(self, path: str | Path) -> dict[str, np.ndarray]:
-        """Features of one file for every distinct member feature config (each computed once)."""
+    def features(self, path: AudioSource, name: str = "audio bytes") -> dict[str, np.ndarray]:
+        """Features of one file (or the bytes of one, which errors call `name`) for every distinct member
+        feature config (each computed once)."""
         audio: dict[int, np.ndarray] = {}
         out = {}
         for key, cfg in self.feature_configs.items():
             if cfg.sample_rate not in audio:
-                audio[cfg.sample_rate] = load_audio(path, cfg.sample_rate)
+                audio[cfg.sample_rate] = load_audio_bytes(bytes(path), cfg.sample_rate, name) \
+                    if isinstance(path, (bytes, bytearray)) else load_audio(path, cfg.sample_rate)
             out[key] = features_of(audio[cfg.sample_rate], cfg)
         return out
 
@@ -112,6 +117,18 @@ class EnsemblePredictor:
                 good.append(p)
             except AudioError as err:
                 bad[str(p)] = err.reason
+        return self._rows(good, feats), bad
+
+    def predict_sources(self, sources: Sequence[AudioSource],
+                        names: Sequence[str]) -> tuple[pd.DataFrame, dict[int, str]]:
+        """`predict_readable` of paths or audio bytes, `filename` = `names[i]`; unreadable: index → reason."""
+        good, feats, bad = [], [], {}
+        for i, (src, name) in enumerate(zip(sources, names)):
+            try:
+                feats.append(self.features(src, name))
+                good.append(name)
+            except AudioError as err:
+                bad[i] = err.reason
         return self._rows(good, feats), bad
 
     def _rows(self, paths: Sequence[str | Path], feats: Sequence[Features]) -> pd.DataFrame:

@@ -10,7 +10,8 @@ from mlflow.pyfunc import PythonModel
 
 
 class HarmoniaEnsembleModel(PythonModel):
-    """Input: a DataFrame with a `path` column of audio files; output: the bundle's scores and tags."""
+    """Input: a DataFrame with a `path` column (audio files on this machine) or an `audio` column (the bytes
+    of WAV/FLAC files; base64 text over HTTP), see `harmonia.ensembles.serving`; output: scores and tags."""
 
     def load_context(self, context) -> None:
         from harmonia.ensembles.predictor import EnsemblePredictor
@@ -18,13 +19,17 @@ class HarmoniaEnsembleModel(PythonModel):
         self.predictor = EnsemblePredictor.load(context.artifacts["bundle"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Rows `filename`, one float score per class, `event_labels`, for the files in `model_input.path`."""
-        if isinstance(model_input, pd.DataFrame):
-            col = "path" if "path" in model_input.columns else model_input.columns[0]
-            paths = [str(p) for p in model_input[col]]
-        else:
-            paths = [str(p) for p in model_input]
-        return self.predictor.predict_files(paths)
+        """Rows `filename` (the path, or `audio[i]`), one float score per class, `event_labels`, one per input
+        row; a bad row is an MlflowException (HTTP 400 when served) naming each bad row and what was expected."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from harmonia.ensembles.serving import ServingInputError, predict_input
+
+        try:
+            return predict_input(self.predictor, model_input)
+        except ServingInputError as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 mlflow.models.set_model(HarmoniaEnsembleModel())

@@ -173,7 +173,7 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
     ens = labelled(table).loc["ensemble"]
     metrics.update({name(col): ens[col] for col in ens.index if col != "members"})
     metrics.update({"members": float(len(members)), "honest_valid_f1_at_thresholds": honest.f1_mean})
-    sed = fit_sed(lib, weights) if lib.frames else None
+    sed = fit_sed(lib, weights, setup.folds[0]) if lib.frames else None
     if sed is not None:
         metrics.update({f"{'insample_valid' if split == 'valid' else split}_{k}": v
                         for split, scores in sed["scores"].items() for k, v in scores.items()})
@@ -204,9 +204,10 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
                           extra={} if sed is None else {"sed": sed})
 
 
-def fit_sed(lib: Library, weights: np.ndarray) -> dict:
+def fit_sed(lib: Library, weights: np.ndarray, folds: np.ndarray | None = None) -> dict:
     """Frame outputs combined with the member weights; per-class threshold and median filter fitted on
-    valid for event F1; event- and segment-based scores and PSDS1/2 on valid (in-sample) and test."""
+    valid for event F1; event- and segment-based scores and PSDS1/2 on valid (in-sample) and test. With
+    `folds` (one per valid clip) also `honest_valid`: event scores with decisions fitted out of fold."""
     from harmonia.ensembles import sed
     from harmonia.featureset import frame_targets
 
@@ -219,6 +220,11 @@ def fit_sed(lib: Library, weights: np.ndarray) -> dict:
     scores = {split: {**sed.score(lib.events[split], sed.decode(p, ids[split], lib.classes, decisions), ids[split],
                                   lib.classes), **sed.psds_of(p, lib.hop_seconds, lib.events[split], ids[split], lib.classes)}
               for split, p in probs.items()}
+    if folds is not None:
+        from harmonia.ensembles.sed_honest import honest_event_scores
+
+        scores["honest_valid"] = honest_event_scores(probs["valid"], lib.events["valid"], lib.valid_ids, lib.classes,
+                                                     lib.hop_seconds, folds)
     return {"decisions": decisions.to_dict(), "scores": scores}
 
 

@@ -65,15 +65,18 @@ def print_sed(experiment: str, reports: list[EnsembleReport], table: pd.DataFram
     (the methods table's metric), valid in-sample and test; then the decisions that sit at a grid edge."""
     metric = reports[0].metric
     t = Table(title=f"sound event detection on {experiment}",
-              caption="valid*: in-sample (thresholds and median filters fitted on all of valid); test only reported")
+              caption="valid*: in-sample (thresholds and median filters fitted on all of valid); valid honest: "
+                      "event/segment scores with them fitted on K-1 folds, scored on the held-out fold; test only reported")
     for col in ("method", "split", *SED_COLUMNS, metric):
         t.add_column(col, no_wrap=col == "method")
     rows = table.set_index("method")
     for r in reports:
-        for split, label, clip in (("valid", "valid*", "valid_insample"), ("test", "test", "test")):
+        for split, label, clip in (("honest_valid", "valid honest", "honest"), ("valid", "valid*", "valid_insample"),
+                                   ("test", "test", "test")):
             s = r.extra["sed"]["scores"].get(split)
             if s is not None:
-                t.add_row(r.method if split == "valid" else "", label, *(f"{s.get(k, float('nan')):.3f}"
+                first = split == next(k for k in ("honest_valid", "valid") if k in r.extra["sed"]["scores"])
+                t.add_row(r.method if first else "", label, *(f"{s[k]:.3f}" if k in s else "—"
                           for k in SED_COLUMNS.values()), f"{rows.loc[r.method, clip]:.3f}")
     console.print(t)
     chosen = next((r for r in reports if bool(rows.loc[r.method, "recommended"])), reports[0])
@@ -81,3 +84,27 @@ def print_sed(experiment: str, reports: list[EnsembleReport], table: pd.DataFram
     if edges:
         console.print(f"{chosen.method}: decisions at a grid edge (the best may lie beyond it): "
                       + "; ".join(f"{c}: {', '.join(v)}" for c, v in edges.items()), soft_wrap=True)
+
+
+def print_sed_selection(experiment: str, report) -> None:
+    """`--metric event_f1|psds1`: the selection beside the best single member and the average, its members,
+    the event / segment / PSDS scores with decisions fitted for event F1, and the run."""
+    m = report.metric
+    t = Table(title=f"selection by {m} on {experiment} (frame outputs)",
+              caption=f"valid {m}: honest = selection refitted on K-1 folds, scored on the held-out fold "
+                      "(pooled); in-sample = fitted on all of valid; test only reported")
+    for col in ("model", "honest", "in-sample", "test", "members"):
+        t.add_column(col, no_wrap=col == "model")
+    for name, r in report.table.iterrows():
+        t.add_row(name, f"{r['honest']:.3f}", f"{r['valid_insample']:.3f}", f"{r['test']:.3f}", str(r["members"]))
+    console.print(t)
+    scores = report.sed["scores"]
+    for split, label in (("honest_valid", "valid (decisions fitted out of fold)"),
+                         ("valid", "valid (in-sample decisions)"), ("test", "test")):
+        if split in scores:
+            console.print(f"ensemble {label}: " + ", ".join(f"{k} {scores[split][v]:.3f}"
+                                                           for k, v in SED_COLUMNS.items() if v in scores[split]))
+    names = dict(zip(report.library.run_ids, report.library.run_names))
+    w = report.selection.weights
+    console.print("members: " + ", ".join(f"{names[report.library.run_ids[i]]}×{w[i]:.2f}" for i in w.nonzero()[0]))
+    console.print(f"ensemble run: [bold]{report.run_id}[/]")

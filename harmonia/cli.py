@@ -123,10 +123,11 @@ def search(config: Path, address: Optional[str] = typer.Option(None, help="'auto
            num_samples: Optional[int] = typer.Option(None, min=1), name: Optional[str] = None,
            resume: bool = typer.Option(False, help="restore the search NAME from its storage_path")):
     """Run a Ray Tune + Optuna search from CONFIG; every trial is an MLflow run."""
+    from harmonia.ensembles.greedy import greedy_ensemble_score
     from harmonia.search.tuner import print_trials, run_search
 
     cfg = _apply(_config(config), address, num_samples, name)
-    result = _guard(lambda: run_search(cfg, resume=resume))
+    result = _guard(lambda: run_search(cfg, resume=resume, ensemble_score=greedy_ensemble_score))
     print_trials(result.trials, cfg.search.metric)
     console.print(f"experiment [bold]{cfg.name}[/] · search run {result.search_run_id}")
 
@@ -171,10 +172,17 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
                                                        "beats it by more than the paired s.e.), one_se (simplest within one s.e. of the best "
                                                      "honest score), paired_se, or best"),
              snapshots: bool = typer.Option(True, help="also use the epoch snapshots trials kept (train.snapshots)"),
+             pareto: bool = typer.Option(False, "--pareto", help="fit ensembles of increasing cost; print and log "
+                                                                 "the honest score / cost front"),
+             budget: Optional[str] = typer.Option(None, help="recommend the best honest ensemble costing at most "
+                                                             "this per clip (CPU, batch 1): 20ms, 0.5s"),
+             max_members: Optional[int] = typer.Option(None, min=1, help="recommend the best honest ensemble of at "
+                                                                         "most N members"),
              config: Optional[Path] = typer.Option(None, help="take the tracking URI from this config"),
              tracking_uri: Optional[str] = UriOption):
     """Ensembles fitted on valid from the finished trials of EXPERIMENT, each scored honestly on held-out
-    folds of valid; one MLflow run per method and a recommendation for export."""
+    folds of valid; one MLflow run per method and a recommendation for export (within --budget /
+    --max-members when given)."""
     from harmonia.ensembles.honest import RULES
     from harmonia.ensembles.methods import METHODS
     from harmonia.ensembles.stage import build_ensembles
@@ -189,14 +197,48 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
     if rule not in RULES:
         fail(f"--rule: unknown {rule!r}; valid: {', '.join(RULES)}")
     clip_metrics = sorted(m for m, spec in METRICS.items() if spec.inputs == "scores")
+    from harmonia.ensembles.sed_selection import SED_SELECTION_METRICS
+
+    if metric in SED_SELECTION_METRICS:  # greedy selection on the frame outputs (ensembles/sed_stage.py)
+        from harmonia.ensembles.sed_stage import build_sed_selection
+        from harmonia.ensembles.tables import print_sed_selection
+
+        print_sed_selection(experiment, _guard(lambda: build_sed_selection(
+            _uri(tracking_uri, config), experiment, metric=metric, size=size, folds=folds, snapshots=snapshots)))
+        return
     if metric not in clip_metrics:
-        fail(f"--metric: unknown {metric!r} for ensembles of clip scores; valid: {', '.join(clip_metrics)}")
+        fail(f"--metric: unknown {metric!r} for ensembles of clip scores; valid: {', '.join(clip_metrics)}; "
+             f"for SED experiments, by frame outputs: {', '.join(SED_SELECTION_METRICS)}")
+    budget_ms = _budget_ms(budget)
     reports, table = _guard(lambda: build_ensembles(uri, experiment, methods=methods, size=size, metric=metric,
                                                     top_k=top_k, snapshots=snapshots, folds=folds, rule=rule,
                                                     skip_unavailable=method == "all"))
+    budgeted = None
+    if pareto or budget is not None or max_members is not None:  # ensembles/budget.py
+        from harmonia.ensembles.budget import apply_budget
+
+        budgeted = _guard(lambda: apply_budget(uri, experiment, reports, table, metric=metric, size=size, top_k=top_k,
+                                               pareto=pareto, budget_ms=budget_ms, max_members=max_members))
+        table = budgeted.table
     if len(methods) == 1:  # the one method asked for, beside the best single model and the top-k average
         print_comparison(next(r for r in reports if r.method == methods[0]))
     print_methods(experiment, metric, reports, table, rule)
+    if budgeted is not None:
+        from harmonia.ensembles.budget import print_budget
+
+        print_budget(experiment, metric, budgeted, budget_ms, max_members)
+
+
+def _budget_ms(budget: Optional[str]) -> float:
+    """--budget as ms per clip (inf when absent); one clear line for a malformed value."""
+    import math
+
+    from harmonia.ensembles.costs import parse_budget
+
+    try:
+        return math.inf if budget is None else parse_budget(budget)
+    except ValueError as err:
+        fail(str(err))
 
 
 @app.command()

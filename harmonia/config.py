@@ -194,6 +194,9 @@ class SearchConfig(_Strict):
     storage_path: str = "ray_results"
     max_failures: int = Field(3, ge=0)  # a dead node can cost a trial more than one attempt
     address: str | None = None
+    # "ensemble": ASHA and Optuna rank trials by the score of the greedy ensemble they would join (its
+    # marginal gain over the current library's ensemble; search/library_service.py); "single": their own score.
+    objective: Literal["single", "ensemble"] = "single"
 
 
 class TrainConfig(_Strict):

@@ -8,7 +8,10 @@ as the in-memory FeatureSet is, the same bits), `<split>.y.npy`, `<split>.y_fram
 (classes, feature dict, normalizer, frames, clip ids, copy names, key). The key hashes the feature
 config, the clip length, every clip's file content hash, the copies and the targets, so the folder
 is reused by a later search on the same data and never serves stale rows. It is written under a
-temporary name and renamed into place: a folder with `meta.json` is complete.
+temporary name and renamed into place: a folder with `meta.json` is complete. `meta.json` also holds
+each file's CRC-32: the driver checks them before a search reuses a folder (one that fails is reported
+and rebuilt), and the cache entries are checked as they are stacked (`FeatureCache.reread`). Trials map
+the files unchecked: a check there would read the whole set once per trial.
 
 On a cluster every trial opens the folder on its own node: `features.cache_dir` must be storage that
 every node mounts at the same path (NFS, a mounted bucket). A node that does not see it fails the
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harmonia.cache_entry import file_crc32
 from harmonia.config import FeatureConfig
 from harmonia.data.datasets import Dataset
 from harmonia.features import FeatureCache, Normalizer, WaveCopy, row_chunks, stack_frames, wave_copies
@@ -102,6 +106,7 @@ class CacheScan:
     copies: list[WaveCopy]
     has_frames: bool  # strong labels: frame targets [N, T, C] uint8 per split and copy
     n_classes: int
+    cache: FeatureCache  # knows each entry's audio file: an entry altered since the scan is rebuilt from it
 
     @property
     def nbytes(self) -> int:
@@ -125,7 +130,7 @@ def scan_cache(ds: Dataset, cfg: FeatureConfig, workers: int | None = None, prog
             entries |= {f"train@{c.name}": [r[j] for r in rows] for j, c in enumerate(copies, start=1)}
             lengths = [s[0][0] for s in shapes]
     # The clip length (median over train) as build_feature_set fits it.
-    return CacheScan(cfg, ids_of, entries, int(np.median(lengths)), copies, ds.has_strong, len(ds.classes))
+    return CacheScan(cfg, ids_of, entries, int(np.median(lengths)), copies, ds.has_strong, len(ds.classes), cache)
 
 
 def set_key(scan: CacheScan, targets: dict[str, tuple]) -> str:
@@ -139,11 +144,13 @@ def set_key(scan: CacheScan, targets: dict[str, tuple]) -> str:
     return h.hexdigest()[:20]
 
 
-def write_stacked(path: Path, entries: list[Path], frames: int, n_features: int, advance) -> np.memmap:
-    """[N, frames, F] float32 .npy of the cache entries cropped/padded, written chunk by chunk."""
+def write_stacked(path: Path, entries: list[Path], frames: int, cache: FeatureCache, advance) -> np.memmap:
+    """[N, frames, F] float32 .npy of the cache entries (checksums checked as read) cropped/padded, written
+    chunk by chunk."""
+    n_features = cache.cfg.n_features
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(entries), frames, n_features))
     for c in row_chunks(len(entries), frames * n_features):
-        stack_frames([np.load(e) for e in entries[c]], frames, out=mm[c])
+        stack_frames([cache.reread(e) for e in entries[c]], frames, out=mm[c])
         advance(c.stop - c.start)
     return mm
 
@@ -171,7 +178,7 @@ def build_mapped_feature_set(ds: Dataset, cfg: FeatureConfig, scan: CacheScan | 
                    for c in scan.copies}
     key = set_key(scan, {**targets, **{f"train@{k}": (v,) for k, v in copy_frames.items()}})
     final = FeatureCache(cfg).dir / "sets" / key
-    if (final / META_FILE).is_file():
+    if (final / META_FILE).is_file() and set_intact(final):
         return MappedFeatureSet(str(final), key)
     tmp = final.parent / f".{key}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir(parents=True)  # with the umask's permissions: other users' nodes may read a shared cache
@@ -191,9 +198,9 @@ def build_mapped_feature_set(ds: Dataset, cfg: FeatureConfig, scan: CacheScan | 
 
 def write_set(d: Path, scan: CacheScan, targets: dict, copy_frames: dict, progress: bool) -> dict:
     """Write every split's and copy's features (normalized with the train statistics) and targets into d."""
-    f, rows = scan.cfg.n_features, sum(len(e) for e in scan.entries.values())
+    rows = sum(len(e) for e in scan.entries.values())
     with progress_bar(f"memory-mapped features ({rows} rows)", rows, enabled=progress) as advance:
-        mms = {name: write_stacked(d / f"{name}.x.npy", e, scan.frames, f, advance)
+        mms = {name: write_stacked(d / f"{name}.x.npy", e, scan.frames, scan.cache, advance)
                for name, e in scan.entries.items()}
     norm = Normalizer.fit(mms["train"])
     for mm in mms.values():
@@ -205,18 +212,48 @@ def write_set(d: Path, scan: CacheScan, targets: dict, copy_frames: dict, progre
     for name, yf in copy_frames.items():
         save_optional(d / f"train@{name}.y_frames.npy", yf)
     return {"frames": scan.frames, "normalizer": norm.to_dict(), "clip_ids": scan.ids_of,
-            "copy_names": [c.name for c in scan.copies]}
+            "copy_names": [c.name for c in scan.copies],
+            "checksums": {f.name: file_crc32(f) for f in sorted(d.glob("*.npy"))}}
+
+
+def set_intact(d: Path) -> bool:
+    """Whether every consolidated file of a complete folder matches the CRC-32 in its meta.json (read once
+    by the driver before a search reuses it; trials memory-map it unchecked). A folder that fails, or one
+    written before the checksums, is moved aside and removed, reported, and then rebuilt."""
+    sums = json.loads((d / META_FILE).read_text()).get("checksums")
+    files = {f.name for f in d.glob("*.npy")}
+    if sums is None:
+        why = "has no checksums (written before harmonia checksummed its cache): its values cannot be trusted"
+    else:
+        bad = sorted(files ^ set(sums)) + sorted(n for n in files & set(sums) if file_crc32(d / n) != sums[n])
+        if not bad:
+            return True
+        why = f"failed its checksums ({', '.join(bad)}): its files changed after harmonia wrote them"
+    console.print(f"feature cache: {d} {why}; rebuilt", soft_wrap=True, markup=False, highlight=False)
+    stale = d.parent / f".{d.name}.stale.{uuid.uuid4().hex[:8]}"
+    try:
+        os.replace(d, stale)  # trials of another search that mapped it keep their open maps
+    except OSError:
+        return False
+    shutil.rmtree(stale, ignore_errors=True)
+    return False
 
 
 def load_feature_sets(ds: Dataset, cfg: FeatureConfig, kinds: list[str], progress: bool = True,
-                      workers: int | None = None) -> dict[str, "FeatureSet | MappedFeatureSet"]:
+                      workers: int | None = None, unlabeled: bool = False) -> dict[str, "FeatureSet | MappedFeatureSet"]:
     """kind → FeatureSet, as `build_feature_sets`, while all kinds together fit `cfg.memory_budget_mb`;
-    above it kind → MappedFeatureSet (each trial memory-maps its kind's files; see the module docstring)."""
+    above it kind → MappedFeatureSet (each trial memory-maps its kind's files; see the module docstring).
+    `unlabeled` (a semi-supervised search) adds the `unlabeled` clips' features, in memory only."""
     cfgs = {k: cfg.model_copy(update={"kind": k}) for k in dict.fromkeys(kinds)}
     scans = {k: scan_cache(ds, c, workers, progress) for k, c in cfgs.items()}
     total = sum(s.nbytes for s in scans.values())
-    if total <= cfg.memory_budget_mb * 2**20:
-        return {k: build_feature_set(ds, c, progress=progress, workers=workers) for k, c in cfgs.items()}
+    if total <= cfg.memory_budget_mb * 2**20 or unlabeled:
+        if unlabeled and total > cfg.memory_budget_mb * 2**20 and progress:
+            console.print(f"features: {total / 2**20:.0f} MB > features.memory_budget_mb={cfg.memory_budget_mb:g}, "
+                          "held in memory all the same: semi-supervised trials need the unlabeled clips' features "
+                          "there (memory-mapped ones do not carry them yet)")
+        return {k: build_feature_set(ds, c, progress=progress, workers=workers, unlabeled=unlabeled)
+                for k, c in cfgs.items()}
     if progress:
         console.print(f"features: {total / 2**20:.0f} MB > features.memory_budget_mb={cfg.memory_budget_mb:g}: "
                       f"trials memory-map them from {cfg.cache_dir} (on a cluster every node must mount it)")

@@ -6,14 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 
+from harmonia.cache_entry import entry_shape, read_entry, report_rebuilt, write_entry
 from harmonia.data.audio import load_audio
 from harmonia.config import AugmentedCopiesConfig, FeatureConfig
 from harmonia.progress import progress_bar
@@ -226,40 +226,45 @@ def file_digest(path: str | Path) -> str:
 
 class FeatureCache:
     """On-disk cache at `cache_dir/<config hash>/<file hash>.npy`, the augmented copies next to it as
-    `<file hash>.<copy name>.npy`; entries are written atomically, unreadable ones are rebuilt."""
+    `<file hash>.<copy name>.npy`; entries are written atomically with a checksum (`harmonia.cache_entry`);
+    unreadable, altered and unchecked ones are rebuilt, the last two reported on the console."""
 
     def __init__(self, cfg: FeatureConfig):
         self.cfg = cfg
         self.dir = Path(cfg.cache_dir) / cfg.key()
+        self.sources: dict[Path, tuple[str, WaveCopy | None]] = {}  # entry → (audio file, variant) it holds
 
     def entry(self, path: str | Path, copy: WaveCopy | None = None, digest: str | None = None) -> Path:
         digest = digest or file_digest(path)
         return self.dir / (f"{digest}.npy" if copy is None else f"{digest}.{copy.name}.npy")
 
     def load(self, entry: Path) -> np.ndarray | None:
-        """The cached array, or None when absent or unreadable (a half-written entry is rebuilt)."""
-        if not entry.is_file():
-            return None
-        try:
-            arr = np.load(entry, allow_pickle=False)
-        except (ValueError, OSError, EOFError):
-            entry.unlink(missing_ok=True)
-            return None
-        if arr.ndim != 2 or arr.shape[1] != self.cfg.n_features or arr.dtype != np.float32:
-            entry.unlink(missing_ok=True)
-            return None
-        return arr
+        """The cached array whose checksum matches, or None when absent or rejected (then removed)."""
+        return self._probe(entry, read_entry)[0]
 
     def store(self, entry: Path, arr: np.ndarray) -> None:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-            os.replace(tmp, entry)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_entry(entry, arr)
+
+    def _probe(self, entry: Path, read) -> tuple:
+        """(value, problem) of `read(entry)`; an entry with a problem is removed so that it is rebuilt."""
+        if not entry.is_file():
+            return None, None
+        value, problem = read(entry, self.cfg.n_features)
+        if problem is not None:
+            entry.unlink(missing_ok=True)
+        return value, problem
+
+    def reread(self, entry: Path) -> np.ndarray:
+        """The array of an entry filled by `fill`, checked again as it is read; one that fails (altered
+        since) is rebuilt from its audio file and reported."""
+        arr, problem = self._probe(entry, read_entry)
+        if arr is not None:
+            return arr
+        path, variant = self.sources[entry]
+        report_rebuilt([(entry, path, problem or "unreadable")])
+        arr = _extract_variants(path, self.cfg, (variant,))[0]
+        self.store(entry, arr)
+        return arr
 
     def get_many(self, paths: Sequence[str | Path], workers: int | None = None,
                  progress: bool = True) -> list[np.ndarray]:
@@ -280,30 +285,20 @@ class FeatureCache:
         return self._get(paths, tuple(variants), workers, progress, "features", keep=False)
 
     def shape_of(self, entry: Path) -> tuple | None:
-        """The shape of a complete, well-formed entry from its .npy header, or None (a bad one is removed)."""
-        if not entry.is_file():
-            return None
-        try:
-            with open(entry, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = read(f)
-                offset = f.tell()
-        except (ValueError, OSError, EOFError):
-            shape, fortran, dtype, offset = (), True, None, 0
-        ok = (len(shape) == 2 and shape[1] == self.cfg.n_features and dtype == np.float32 and not fortran
-              and entry.stat().st_size == offset + 4 * shape[0] * shape[1])
-        if not ok:
-            entry.unlink(missing_ok=True)
-            return None
-        return tuple(shape)
+        """The shape of a complete, well-formed, checksummed entry from its header and trailer, or None (a
+        bad one is removed); its values are checked when read (`reread`)."""
+        return self._probe(entry, entry_shape)[0]
 
     def _get(self, paths: Sequence[str | Path], variants: tuple[WaveCopy | None, ...], workers: int | None,
              progress: bool, label: str, keep: bool = True) -> tuple[list[list[Path]], list[list]]:
         """(entries, arrays) — or (entries, shapes) without `keep` — of every (path, variant)."""
-        probe = self.load if keep else self.shape_of
+        read = read_entry if keep else entry_shape
         entries = [[self.entry(p, v, d) for v in variants] for p, d in ((p, file_digest(p)) for p in paths)]
-        out: list[list] = [[probe(e) for e in row] for row in entries]
+        self.sources.update({e: (str(p), v) for p, row in zip(paths, entries) for e, v in zip(row, variants)})
+        probed = [[self._probe(e, read) for e in row] for row in entries]
+        out: list[list] = [[value for value, _ in row] for row in probed]
+        report_rebuilt([(e, p, problem) for p, row, prow in zip(paths, entries, probed)
+                        for e, (_, problem) in zip(row, prow) if problem is not None])
         todo = [(i, tuple(j for j, a in enumerate(row) if a is None)) for i, row in enumerate(out)]
         todo = [(i, js) for i, js in todo if js]
         if todo:
@@ -316,17 +311,21 @@ class FeatureCache:
                         out[i][j] = a if keep else a.shape
                         self.store(entries[i][j], a)
                     advance()
+                    advance.note(Path(paths[i]).name)
 
+                # Shown until the first file is done: the pool's start and the first file's imports and JIT.
+                advance.note(f"starting {workers} worker processes (the first file also loads the audio libraries)"
+                             if workers > 1 else "first file (it also loads the audio libraries)")
                 if workers == 1:
                     for i, js in todo:
                         finish(i, js, _extract_variants(str(paths[i]), self.cfg, tuple(variants[j] for j in js)))
                 else:
                     with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_per_worker) as pool:
-                        futures = [(i, js, pool.submit(_extract_variants, str(paths[i]), self.cfg,
-                                                       tuple(variants[j] for j in js))) for i, js in todo]
-                        for k, (i, js, fut) in enumerate(futures):
+                        futures = {pool.submit(_extract_variants, str(paths[i]), self.cfg,
+                                               tuple(variants[j] for j in js)): (i, js) for i, js in todo}
+                        for fut in as_completed(futures):  # a tick per file as each is done, in any order
+                            i, js = futures.pop(fut)  # drop the result: keep=False holds no arrays
                             finish(i, js, fut.result())
-                            futures[k] = None  # type: ignore[call-overload]  # drop the result: keep=False holds no arrays
         return entries, out
 
 

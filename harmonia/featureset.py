@@ -81,6 +81,7 @@ class SplitArrays:
     y: np.ndarray  # [N, C] float32 multi-hot (one-hot for scenes)
     y_frames: "np.ndarray | PickedRows | None" = None  # [N, T, C] uint8, strong labels only
     y_seq: np.ndarray | None = None  # [N, L] int64 class indices in order of onset, PAD after; strong labels only
+    verified: np.ndarray | None = None  # [N] bool: labels checked by a person (FSDKaggle2018 manually_verified)
 
     def sequences(self) -> list[list[int]]:
         """The ordered class indices of each clip (what CTC is trained on), padding removed."""
@@ -105,6 +106,7 @@ class FeatureSet:
     splits: dict[str, SplitArrays] = field(default_factory=dict)
     train_copies: list[SplitArrays] = field(default_factory=list)
     copy_names: list[str] = field(default_factory=list)
+    unlabeled: SplitArrays | None = None  # the `unlabeled` split's features (zero targets), for semi-supervised trials
 
     @property
     def n_features(self) -> int:
@@ -191,6 +193,14 @@ def split_targets(ds: Dataset, split: str, ids: list[str], frames: int,
     return ds.targets(split), yf, ys
 
 
+def verified_flags(ds: Dataset, split: str) -> np.ndarray | None:
+    """[N] bool of a split in table order where the format says whose labels were checked (`verified`
+    column: "0" unverified; "1" or empty verified); None for formats without the column."""
+    if "verified" not in ds.clips.columns:
+        return None
+    return (ds.split(split)["verified"].astype(str) != "0").to_numpy()
+
+
 def recorded_feature(cfg: FeatureConfig) -> dict:
     """The feature dict a FeatureSet records with each model: what inference needs to recompute the
     features (`FeatureConfig(**feature)`), plus the augmented copies when there are any."""
@@ -201,11 +211,13 @@ def recorded_feature(cfg: FeatureConfig) -> dict:
 
 
 def build_feature_set(ds: Dataset, cfg: FeatureConfig, progress: bool = True,
-                      workers: int | None = None) -> FeatureSet:
+                      workers: int | None = None, unlabeled: bool = False) -> FeatureSet:
     """Read (or fill) the feature cache for every clip and every augmented copy of the train clips;
-    normalization statistics from the train originals only."""
+    normalization statistics from the train originals only. With `unlabeled` (a semi-supervised search)
+    the `unlabeled` split's clips get features too, in `FeatureSet.unlabeled`."""
     cache = FeatureCache(cfg)
-    all_clips = ds.clips[ds.clips["split"].isin(SPLITS)]  # an `unlabeled` split is kept in the Dataset, not trained on
+    wanted = SPLITS + (("unlabeled",) if unlabeled else ())
+    all_clips = ds.clips[ds.clips["split"].isin(wanted)]  # else an `unlabeled` split is kept in the Dataset only
     arrays = cache.get_many(list(all_clips["path"]), workers=workers, progress=progress)
     by_id = dict(zip(all_clips["clip_id"], arrays))
     ids_of = split_ids(ds)
@@ -215,10 +227,15 @@ def build_feature_set(ds: Dataset, cfg: FeatureConfig, progress: bool = True,
     norm = Normalizer.fit(raw["train"][1])
     fs = FeatureSet(list(ds.classes), recorded_feature(cfg), norm, frames)
     for split, (ids, x) in raw.items():
-        fs.splits[split] = SplitArrays(ids, norm(x), *split_targets(ds, split, ids, frames, cfg.hop_seconds))
+        fs.splits[split] = SplitArrays(ids, norm(x), *split_targets(ds, split, ids, frames, cfg.hop_seconds),
+                                       verified=verified_flags(ds, split))
     copies = wave_copies(cfg.augmented_copies)
     if copies:
         _add_train_copies(fs, ds, cache, copies, workers, progress)
+    u_ids = list(ds.clips.loc[ds.clips["split"] == "unlabeled", "clip_id"]) if unlabeled else []
+    if u_ids:
+        x = norm(stack_frames((by_id[i] for i in u_ids), frames))
+        fs.unlabeled = SplitArrays(u_ids, x, np.zeros((len(u_ids), len(fs.classes)), np.float32))
     return fs
 
 

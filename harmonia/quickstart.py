@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.panel import Panel
 
 from harmonia.config import HarmoniaConfig
 from harmonia.progress import console
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
@@ -18,6 +22,7 @@ def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
     from harmonia.ensembles.predictor import EnsemblePredictor
     from harmonia.search.tuner import print_trials, run_search
     from harmonia.data.datasets import load_dataset
+    from harmonia.ensembles.greedy import greedy_ensemble_score
     from harmonia.ensembles.stage import build_ensembles, recommended
 
     from harmonia.config import ConfigError
@@ -27,7 +32,7 @@ def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
     if unknown:
         raise ConfigError(f"ensemble.methods: unknown {', '.join(unknown)}; valid: {', '.join(sorted(METHODS))}")
     t0 = time.time()
-    result = run_search(cfg)
+    result = run_search(cfg, ensemble_score=greedy_ensemble_score)
     print_trials(result.trials, cfg.search.metric, top=5)
     e = cfg.ensemble
     reports, table = build_ensembles(cfg.tracking.uri, cfg.name, methods=e.methods, size=e.size, metric=e.metric,
@@ -45,17 +50,25 @@ def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
     for _, row in preds.iterrows():
         console.print(escape(f"{Path(row['filename']).name}: predicted [{row['event_labels']}]  "
                              f"true [{','.join(truth[row['filename']])}]"))
-    uri = cfg.tracking.uri
+    print_summary(cfg.name, time.time() - t0, report.method, e.metric, report.comparison, out, model_ref, tags_file,
+                  cfg.tracking.uri)
+    return {"search": result, "ensemble": report, "bundle": out, "model": model_ref, "predictions": preds}
+
+
+def print_summary(name: str, seconds: float, method: str, metric: str, ens: "pd.DataFrame", out: Path, model_ref: str,
+                  tags_file: Path, uri: str) -> None:
+    """The scores in a panel; below it, paths and the command to browse the runs, each whole on its own line
+    (a terminal wraps them softly, so they paste as one)."""
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
-    ens = report.comparison
     console.print(Panel.fit(
-        f"[bold]{cfg.name}[/] finished in {time.time() - t0:.0f} s\n"
-        f"exported: {report.method} (recommended; {e.metric}, honest = held-out folds of valid)\n"
+        f"[bold]{escape(name)}[/] finished in {seconds:.0f} s\n"
+        f"exported: {method} (recommended; {metric}, honest = held-out folds of valid)\n"
         f"  honest valid {ens.loc['ensemble', 'honest']:.4f} ± {ens.loc['ensemble', 'honest_se']:.4f}  "
         f"in-sample valid {ens.loc['ensemble', 'valid']:.4f}  test {ens.loc['ensemble', 'test']:.4f}\n"
         f"best single: honest valid {ens.iloc[1]['honest']:.4f}  in-sample valid {ens.iloc[1]['valid']:.4f}  "
-        f"test {ens.iloc[1]['test']:.4f}\n"
-        f"bundle: {out}\nregistered model: {model_ref}\npredictions: {tags_file}\n"
-        f"browse the runs:  {ui}",
+        f"test {ens.iloc[1]['test']:.4f}",
         title="harmonia quickstart"))
-    return {"search": result, "ensemble": report, "bundle": out, "model": model_ref, "predictions": preds}
+    for label, value in (("bundle:", out), ("registered model:", model_ref), ("predictions:", tags_file),
+                         ("browse the runs:", ui)):
+        console.print(label)
+        console.print(f"  {escape(str(value))}", soft_wrap=True, highlight=False)

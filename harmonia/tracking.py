@@ -118,6 +118,36 @@ def predictions_frame(clip_ids: list[str], probs: np.ndarray, classes: list[str]
     return df
 
 
+class PredictionsError(ValueError):
+    """A logged predictions table lacks clips or class columns that the reader needs."""
+
+
+def download(uri: str, run_id: str, path: str, dst: str) -> Path:
+    """One artifact of a run, downloaded into `dst` (retried on transient errors)."""
+    import mlflow.artifacts
+
+    return Path(retry(lambda: mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=uri)))
+
+
+def read_table(uri: str, run_id: str, path: str) -> pd.DataFrame:
+    """A parquet artifact of a run (labels, predictions) as a DataFrame."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return pd.read_parquet(download(uri, run_id, path, tmp))
+
+
+def predictions_array(df: pd.DataFrame, ids: list[str], classes: list[str], what: str) -> np.ndarray:
+    """The inverse of `predictions_frame`: rows `ids`, columns `classes`, float32; PredictionsError names `what`."""
+    missing = [c for c in classes if c not in df.columns]
+    if missing:
+        raise PredictionsError(f"{what}: missing class columns {missing}")
+    df = df.set_index(df["clip_id"].astype(str))
+    absent = set(ids) - set(df.index)
+    if absent:
+        raise PredictionsError(f"{what}: {len(absent)} clips missing, e.g. {sorted(absent)[:3]}")
+    return df.loc[ids, classes].to_numpy(np.float32)
+
+
 def log_files(c, run_id: str, files: dict[str, bytes | Callable[[Path], None]], artifact_dir: str | None = None) -> None:
     """Write each file into a temp dir (bytes, or a writer callable) and log the dir as artifacts."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,6 +14,7 @@ Subcommands:
                                poll URL until it answers HTTP 200 (or any HTTP status)
   listeners PID                print "addr:port" of TCP sockets listened on by PID and its children
   alive-nodes ADDRESS          print how many nodes the Ray GCS at ADDRESS has alive (imports ray)
+  ray-start-loopback ARGS...   `ray start ARGS` for a node whose address is 127.0.0.1 (imports ray)
   pg-bin [--pg-bin DIR]        print the folder of the PostgreSQL server programs (initdb, pg_ctl,
                                postgres, createdb), or say what is missing and exit 1
   pg-up --dir D [--port P] [--pg-bin DIR]
@@ -282,17 +283,29 @@ def _hex_addr(h: str) -> str:
 
 def listeners(pid: int) -> list[str]:
     """`ip:port` of the TCP sockets in LISTEN state held by `pid` and its descendants."""
+    return sorted(set().union(*listeners_by_process([pid]).values()))
+
+
+def listeners_by_process(roots: list[int]) -> dict[str, list[str]]:
+    """'PID NAME' -> listening `ip:port` of each of `roots` and their descendants that listens."""
     procs = all_procs()
+    names = {p.pid: p.name for p in procs}
     children: dict[int, list[int]] = {}
     for p in procs:
         children.setdefault(p.ppid, []).append(p.pid)
-    pids, stack = {pid}, [pid]
+    pids, stack = set(roots), list(roots)
     while stack:
         for c in children.get(stack.pop(), []):
             if c not in pids:
                 pids.add(c)
                 stack.append(c)
-    inodes = set().union(*(_socket_inodes(p) for p in pids))
+    found = {f"{p} {names.get(p, '?')}": own_listeners(p) for p in sorted(pids)}
+    return {k: v for k, v in found.items() if v}
+
+
+def own_listeners(pid: int) -> list[str]:
+    """`ip:port` of the TCP sockets in LISTEN state held by `pid` itself."""
+    inodes = _socket_inodes(pid)
     out = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -307,6 +320,27 @@ def listeners(pid: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------- ray nodes
+def ray_start_loopback(args: list[str]) -> int:
+    """`ray start ARGS` for a node whose address is 127.0.0.1, so that its servers listen there only.
+
+    Ray 2.60 binds its servers to the node's address, and replaces a loopback one (`--node-ip-address`,
+    the host of `--address`) with the machine's outward address (`services.get_node_ip_address`), except
+    where multi-node clusters are off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), which also refuses to join a
+    worker node. So here: clusters on for the join, that function answering 127.0.0.1, and the variable
+    at 0 for every process the node starts (agents, client server, workers keep loopback addresses)."""
+    from ray._private import ray_constants, services
+    from ray.scripts.scripts import cli as ray_cli
+
+    ray_constants.ENABLE_RAY_CLUSTER = True
+    services.get_node_ip_address = lambda address=None: "127.0.0.1"
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    try:
+        ray_cli(args=["start", *args], prog_name="ray", standalone_mode=True)
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
 def alive_nodes(address: str) -> int:
     """Number of ALIVE nodes registered in the GCS at `address` (needs ray importable,
     and the same RAY_AUTH_MODE / token env as the cluster)."""
@@ -592,6 +626,9 @@ def wait_http(url: str, timeout: float, any_status: bool = False) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ray-start-loopback"]:  # every further argument is ray's
+        return ray_start_loopback(argv[1:])
     ap = argparse.ArgumentParser(prog="infra_tool.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)

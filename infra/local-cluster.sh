@@ -3,20 +3,24 @@
 # for tests: one head node and N worker nodes, each a separate `ray start` with its own
 # temp dir and ports, all joined to the head on 127.0.0.1.
 #
-#   infra/local-cluster.sh up     [--workers N] [--port P] [--cpus-per-node C] [--auth disabled|token]
-#                                 [--object-store-mb M] [--dir D]
+#   infra/local-cluster.sh up     [--workers N] [--port P] [--cpus-per-node C] [--auth token|disabled]
+#                                 [--host H] [--object-store-mb M] [--dir D]
 #   infra/local-cluster.sh status [--port P] [--dir D]
 #   infra/local-cluster.sh down   [--port P] [--dir D] [--keep-logs]
 #
-# Defaults: --workers 1 --port 6390 --cpus-per-node 1 --auth disabled
+# Defaults: --workers 1 --port 6390 --cpus-per-node 1 --auth token --host 127.0.0.1
 #           --dir ${HARMONIA_RAY_DIR:-/tmp/harmonia-ray-P}
 #           --object-store-mb: Ray's default budget (30% of RAM) split among the nodes
 #
 # Auth: Ray >= 2.59 turns token auth on by default, and every node, the driver and
-# `ray status` must agree. `--auth disabled` (default, loopback testing only) sets
-# RAY_AUTH_MODE=disabled everywhere; `--auth token` generates a token file under the
-# cluster dir and hands the head's token to every worker node (RAY_AUTH_TOKEN_PATH).
+# `ray status` must agree. `--auth token` (default) generates a token file under the
+# cluster dir and hands the head's token to every worker node (RAY_AUTH_TOKEN_PATH);
+# `--auth disabled` (loopback only) sets RAY_AUTH_MODE=disabled everywhere.
 # The env the driver needs is printed and written to D/driver.env.
+#
+# Listening: every node's servers (GCS, raylets, object managers, agents, the Ray Client
+# server, workers) listen on --host only: 127.0.0.1 by default. Another address (one that
+# other machines reach) must be given explicitly, and needs --auth token.
 #
 # `down` stops only the processes of this cluster (found by its temp dir and GCS port),
 # never all Ray processes on the host like `ray stop` would: another Ray, for example one
@@ -39,7 +43,7 @@ PY="${PYTHON:-$(dirname "$(command -v ray)")/python}"
 TOOL=("$PY" "$HERE/infra_tool.py")
 
 CMD="${1:-}"; [[ $# -gt 0 ]] && shift
-WORKERS=1; PORT=6390; CPUS=1; AUTH=disabled; DIR=""; KEEP_LOGS=0; STORE_MB=""
+WORKERS=1; PORT=6390; CPUS=1; AUTH=token; HOST=127.0.0.1; DIR=""; KEEP_LOGS=0; STORE_MB=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --workers) WORKERS="$2"; shift 2 ;;
@@ -50,6 +54,8 @@ while [[ $# -gt 0 ]]; do
         --cpus-per-node=*) CPUS="${1#*=}"; shift ;;
         --auth) AUTH="$2"; shift 2 ;;
         --auth=*) AUTH="${1#*=}"; shift ;;
+        --host) HOST="$2"; shift 2 ;;
+        --host=*) HOST="${1#*=}"; shift ;;
         --object-store-mb) STORE_MB="$2"; shift 2 ;;
         --object-store-mb=*) STORE_MB="${1#*=}"; shift ;;
         --dir) DIR="$2"; shift 2 ;;
@@ -63,16 +69,20 @@ done
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number"
 [[ "$CPUS" =~ ^[0-9]+$ ]] || die "--cpus-per-node must be a whole number"
 [[ -z "$STORE_MB" || "$STORE_MB" =~ ^[0-9]+$ ]] || die "--object-store-mb must be a whole number"
-[[ "$AUTH" == disabled || "$AUTH" == token ]] || die "--auth is 'disabled' or 'token'"
+[[ "$AUTH" == disabled || "$AUTH" == token ]] || die "--auth is 'token' or 'disabled'"
+[[ "$HOST" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--host must be an IPv4 address (default 127.0.0.1), not '$HOST'"
+[[ "$AUTH" == token || "$HOST" == 127.* || "$CMD" != up ]] \
+    || die "--auth disabled listens unauthenticated: only with a loopback --host (127.0.0.1), not $HOST"
 DIR="${DIR:-${HARMONIA_RAY_DIR:-${TMPDIR:-/tmp}/harmonia-ray-$PORT}}"
 case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac
 DIR="${DIR%/}"
-ADDRESS="127.0.0.1:$PORT"
-
-# Auth mode of a running cluster comes from its state file, not from the flags.
+# Auth mode and host of a running cluster come from its state file, not from the flags.
 if [[ "$CMD" != up && -f "$DIR/cluster.env" ]]; then
     AUTH="$(sed -n 's/^AUTH=//p' "$DIR/cluster.env")"
+    HOST="$(sed -n 's/^HOST=//p' "$DIR/cluster.env")"; HOST="${HOST:-127.0.0.1}"
 fi
+ADDRESS="$HOST:$PORT"
+LOOPBACK=0; [[ "$HOST" == 127.* ]] && LOOPBACK=1
 
 set_auth_env() {
     unset RAY_ADDRESS RAY_AUTH_TOKEN
@@ -83,6 +93,8 @@ set_auth_env() {
     else
         unset RAY_AUTH_TOKEN_PATH
     fi
+    # a driver (and `ray status`) keeps the loopback address of the GCS instead of the outward one
+    if ((LOOPBACK)); then export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; else unset RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER; fi
 }
 
 running_pids() { "${TOOL[@]}" find-ray --port "$PORT" --dir "$DIR"; }
@@ -127,7 +139,12 @@ cmd_down() {
 
 start_node() {  # start_node INDEX ARGS... ; logs to $DIR/nINDEX.start.log
     local i="$1"; shift
-    if ! ray start "$@" >"$DIR/n$i.start.log" 2>&1; then
+    # Ray 2.60 replaces a loopback node address (--node-ip-address, the host of --address) with
+    # the host's outward one, and its servers then listen on every interface: on loopback, start
+    # the node through infra_tool.py, which keeps 127.0.0.1.
+    local start=(ray start)
+    ((LOOPBACK)) && start=("${TOOL[@]}" ray-start-loopback)
+    if ! "${start[@]}" "$@" >"$DIR/n$i.start.log" 2>&1; then
         echo "---- ray start failed for node $i; last lines of $DIR/n$i.start.log:" >&2
         tail -n 30 "$DIR/n$i.start.log" >&2
         return 1
@@ -151,18 +168,20 @@ cmd_up() {
         fi
         chmod 600 "$DIR/auth_token"
     else
-        echo "NOTE: RAY_AUTH_MODE=disabled (loopback testing only). Ray's GCS/raylet gRPC ports"
-        echo "      listen on all interfaces whatever the bind address; use '--auth token' on a"
-        echo "      host that others can reach."
+        echo "NOTE: RAY_AUTH_MODE=disabled: any local user can drive this cluster (it listens on $HOST only)."
     fi
     set_auth_env
     {
         echo "# source this in the shell that runs the driver (ray.init / harmonia search)"
         echo "export RAY_AUTH_MODE=$AUTH"
         [[ "$AUTH" == token ]] && echo "export RAY_AUTH_TOKEN_PATH=$DIR/auth_token"
+        if ((LOOPBACK)); then
+            echo "# keeps the GCS address 127.0.0.1 (Ray 2.60 would replace it with this host's outward address)"
+            echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
+        fi
         echo "# address: $ADDRESS"
     } >"$DIR/driver.env"
-    printf 'PORT=%s\nWORKERS=%s\nCPUS=%s\nAUTH=%s\n' "$PORT" "$WORKERS" "$CPUS" "$AUTH" >"$DIR/cluster.env"
+    printf 'PORT=%s\nWORKERS=%s\nCPUS=%s\nAUTH=%s\nHOST=%s\n' "$PORT" "$WORKERS" "$CPUS" "$AUTH" "$HOST" >"$DIR/cluster.env"
 
     # Ports: every node of one host needs its own raylet/object manager/agent ports and a
     # worker port range of its own; the head also gets its own dashboard and client-server
@@ -191,8 +210,8 @@ cmd_up() {
                 --min-worker-port="$lo" --max-worker-port="$hi" --log-style=record
                 --object-store-memory=$((STORE_MB * 1024 * 1024)))
         if ((i == 0)); then
-            args=(--head --port="$PORT" --dashboard-host=127.0.0.1 --dashboard-port="$dash_port"
-                  "${common[@]}")
+            args=(--head --port="$PORT" --node-ip-address="$HOST" --dashboard-host=127.0.0.1
+                  --dashboard-port="$dash_port" "${common[@]}")
             # the Ray Client server (ray://) exists only with ray[client]/ray[default]
             if "$PY" -c 'import grpc' 2>/dev/null; then
                 args+=(--ray-client-server-port="$client_port")
@@ -201,7 +220,7 @@ cmd_up() {
             fi
             echo "starting head node on $ADDRESS ..."
         else
-            args=(--address="$ADDRESS" "${common[@]}")
+            args=(--address="$ADDRESS" --node-ip-address="$HOST" "${common[@]}")
             echo "starting worker node $i ..."
         fi
         if ! start_node "$i" "${args[@]}"; then
@@ -236,7 +255,7 @@ Ray cluster up: 1 head + $WORKERS worker node(s), $CPUS CPU(s) and ${STORE_MB} M
               (or: source $DIR/driver.env)
   use it:     ray.init(address="$ADDRESS")   |   harmonia search CONFIG --address $ADDRESS
   dashboard:  $dashboard
-  ray client: $([[ -n "$client_port" ]] && echo "ray://127.0.0.1:$client_port" || echo "not served (needs 'ray[client]')")
+  ray client: $([[ -n "$client_port" ]] && echo "ray://$HOST:$client_port" || echo "not served (needs 'ray[client]')")
   logs:       $DIR/n*/session_latest/logs
   stop:       $0 down --port $PORT$([[ "$DIR" == "${TMPDIR:-/tmp}/harmonia-ray-$PORT" ]] || echo " --dir $DIR")
 EOF

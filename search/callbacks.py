@@ -5,6 +5,8 @@ from __future__ import annotations
 from ray import tune
 
 from harmonia import tracking
+from harmonia.metrics import get_metric
+from harmonia.progress import Ticker
 
 
 class MlflowRunCloser(tune.Callback):
@@ -40,11 +42,16 @@ class MlflowRunCloser(tune.Callback):
 
 
 class ProgressCallback(tune.Callback):
-    """A rich progress bar of finished trials and the best score so far."""
+    """The search's progress bar: a tick per finished trial and, refreshed on every result, a line with the
+    running trials, the epochs done, and the best score so far (the bar shows the elapsed time)."""
 
     def __init__(self, total: int, metric: str, advance):
         self.total, self.metric, self.advance = total, metric, advance
+        self.greater = get_metric(metric).greater_is_better
         self.done: set[str] = set()
+        self.running: set[str] = set()
+        self.epochs: dict[str, int] = {}
+        self.best: tuple[float, str] | None = None
 
     def __getstate__(self):
         """Tune pickles its callbacks with the experiment state, and under the Ray Client sends them to
@@ -53,19 +60,39 @@ class ProgressCallback(tune.Callback):
         from harmonia.search.cluster import RemoteAdvance
 
         keep = isinstance(self.advance, RemoteAdvance)
-        return {**self.__dict__, "advance": self.advance if keep else _no_progress}
+        return {**self.__dict__, "advance": self.advance if keep else Ticker()}
+
+    def line(self) -> str:
+        """What the bar shows beside the finished count, e.g. `2 running · 7 epochs · best valid mAP 0.4120 (#00003)`."""
+        best = (f"best valid {self.metric} {self.best[0]:.4f} (#{self.best[1]})" if self.best
+                else f"no valid {self.metric} yet")
+        return f"{len(self.running)} running · {sum(self.epochs.values())} epochs · {best}"
+
+    def _show(self) -> None:
+        self.advance.note(self.line())
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._show()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.running.add(trial.trial_id)
+        self.epochs[trial.trial_id] = int(result.get("training_iteration", self.epochs.get(trial.trial_id, 0)))
+        score = result.get("best_valid_score", result.get(f"valid_{self.metric}"))
+        if score is not None and score == score and (
+                self.best is None or (score > self.best[0] if self.greater else score < self.best[0])):
+            self.best = (float(score), trial.trial_id.rsplit("_", 1)[-1])
+        self._show()
 
     def _finish(self, trial):
+        self.running.discard(trial.trial_id)
         if trial.trial_id not in self.done:
             self.done.add(trial.trial_id)
             self.advance()
+        self._show()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial)
-
-
-def _no_progress(n: int = 1) -> None:
-    return None

@@ -19,9 +19,11 @@ import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
+
+from harmonia.progress import Ticker
 
 ADDRESS_FORMS = "'auto', 'HOST:PORT' or 'ray://HOST:PORT'"
 RAY_CLIENT_INSTALL = "pip install 'ray[client]==2.60.0'"
@@ -42,6 +44,18 @@ def parse_address(address: str) -> tuple[str, str | None, int | None]:
     if not 0 < port < 65536:
         raise ClusterError(f"--address {address!r}: port {port} out of range")
     return ("client" if m.group(1) else "gcs"), m.group(2).strip("[]"), port
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` names this machine's loopback interface (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_reachable(host: str, port: int, timeout: float = 5.0) -> None:
@@ -74,9 +88,11 @@ def connect(address: str | None, num_cpus: int | None = None, timeout: float = 5
 
         init_local(num_cpus or os.cpu_count())
         return
+    loopback = parse_address(address)[0] == "gcs" and is_loopback(parse_address(address)[1])
     for attempt in range(CLIENT_INIT_ATTEMPTS):
         try:
-            ray.init(address=address, configure_logging=False, log_to_driver=False, **env)
+            with loopback_node() if loopback else nullcontext():  # a cluster on 127.0.0.1 stays there
+                ray.init(address=address, configure_logging=False, log_to_driver=False, **env)
             return
         except ConnectionAbortedError as err:  # the head's proxy could not start this driver's client server
             if not address.startswith("ray://") or attempt == CLIENT_INIT_ATTEMPTS - 1:
@@ -85,6 +101,25 @@ def connect(address: str | None, num_cpus: int | None = None, timeout: float = 5
                                    f"in the head's session logs. Last error: {err}") from None
             ray.shutdown()  # drop the half-made client connection before the next attempt
             time.sleep(2.0 * (attempt + 1))
+
+
+@contextmanager
+def loopback_node() -> Iterator[None]:
+    """While `ray.init` runs, loopback addresses stay loopback: a local Ray's servers listen on 127.0.0.1 only,
+    and a driver reaches a cluster on 127.0.0.1 (infra/local-cluster.sh) there.
+
+    Ray 2.60 binds its gRPC servers (GCS, raylet, object manager, the driver's and workers' core workers) and
+    its agents to the node address, and `ray.init` replaces a loopback node or GCS address with the host's
+    outward one, except where Ray clusters are off (`ray_constants.ENABLE_RAY_CLUSTER`, consulted then). The
+    flag is restored after: `ray start` in a child process and other connections are not affected."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 CLIENT_INIT_ATTEMPTS = 3
@@ -176,9 +211,9 @@ def prepare_client(storage_path: str, data) -> None:
 
 
 class RemoteAdvance:
-    """A picklable `advance(n=1)` for callbacks that run on the cluster: it bumps the named counter
-    actor that `relay_progress` polls. Display only: a counter that is gone (a restored search) is
-    ignored, never an error."""
+    """A picklable `advance(n=1)` (and `.note(text)`, like harmonia.progress.Ticker) for callbacks that run on
+    the cluster: it bumps (or sets the note of) the named counter actor that `relay_progress` polls. Display
+    only: a counter that is gone (a restored search) is ignored, never an error."""
 
     def __init__(self, name: str, namespace: str):
         self.name, self.namespace = name, namespace
@@ -188,32 +223,41 @@ class RemoteAdvance:
         return {"name": self.name, "namespace": self.namespace, "_handle": None}
 
     def __call__(self, n: int = 1) -> None:
+        self._send("add", n)
+
+    def note(self, text: str) -> None:
+        self._send("set_note", text)
+
+    def _send(self, method: str, arg) -> None:
         import ray
 
         try:
             if self._handle is None:
                 self._handle = ray.get_actor(self.name, namespace=self.namespace)
-            self._handle.add.remote(n)
+            getattr(self._handle, method).remote(arg)
         except Exception:  # noqa: BLE001 - a progress display never fails a search
             self._handle = None
 
 
 class _Counter:
     def __init__(self):
-        self.n = 0
+        self.n, self.note = 0, ""
 
     def add(self, n: int = 1) -> None:
         self.n += n
 
-    def count(self) -> int:
-        return self.n
+    def set_note(self, text: str) -> None:
+        self.note = text
+
+    def count(self) -> tuple[int, str]:
+        return self.n, self.note
 
 
 @contextmanager
-def relay_progress(advance: Callable[[int], None], poll: float = 1.0) -> Iterator[Callable[[int], None]]:
+def relay_progress(advance: Ticker, poll: float = 1.0) -> Iterator[Ticker | RemoteAdvance]:
     """`advance` itself, or under the Ray Client a `RemoteAdvance` for Tune's callbacks (they run in
-    Tune's driver actor on the cluster) with a thread here that moves the local bar as the counter on
-    the cluster grows."""
+    Tune's driver actor on the cluster) with a thread here that moves the local bar, and shows its note,
+    as the counter on the cluster changes."""
     if not is_client():
         yield advance
         return
@@ -223,20 +267,23 @@ def relay_progress(advance: Callable[[int], None], poll: float = 1.0) -> Iterato
     namespace = ray.get_runtime_context().namespace
     counter = ray.remote(num_cpus=0)(_Counter).options(
         name=name, namespace=namespace, scheduling_strategy=_client_server_node()).remote()
-    shown = 0
+    shown, noted = 0, ""
     stop = threading.Event()
 
     def pump() -> None:
-        nonlocal shown
+        nonlocal shown, noted
         while True:
             last = stop.wait(poll)
             try:
-                n = ray.get(counter.count.remote(), timeout=30)
+                n, note = ray.get(counter.count.remote(), timeout=30)
             except Exception:  # noqa: BLE001 - display only
-                n = shown
+                n, note = shown, noted
             if n > shown:
                 advance(n - shown)
                 shown = n
+            if note != noted:
+                advance.note(note)
+                noted = note
             if last:
                 return
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -20,9 +20,11 @@ from harmonia.search.callbacks import MlflowRunCloser, ProgressCallback
 from harmonia.search.cluster import connect, prepare_client, relay_progress
 from harmonia.search.failures import FinalTrialErrors, SearchFailed, error_reason, failure_summary
 from harmonia.search.naming import TrialRunNamer
+from harmonia.search.library_service import OBJECTIVE_METRIC, EnsembleScore, ensemble_library
 from harmonia.search.warm_workers import trial_actors_on_warm_workers
 from harmonia.spaces import define_by_run, validate_overrides
 from harmonia.spaces.features import feature_kinds
+from harmonia.spaces.semi_supervised import semi_supervised_requested
 from harmonia.trainables.trial import TrialContext, harmonia_trial, scheduler_milestones
 
 SEARCH_STATE = "harmonia_search.json"
@@ -124,7 +126,8 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet | dict[str, FeatureSet], ctx
         if not tune.Tuner.can_restore(path):
             raise FileNotFoundError(f"{path}: no search to resume here")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    metric, mode = f"valid_{s.metric}", ("max" if get_metric(s.metric).greater_is_better else "min")
+    metric = OBJECTIVE_METRIC if s.objective == "ensemble" else f"valid_{s.metric}"  # search/library_service.py
+    mode = "max" if get_metric(s.metric).greater_is_better else "min"
     searcher = OptunaSearch(space=define_by_run(cfg.space, cfg.task, cfg.features), metric=metric, mode=mode,
                             sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=max(2, s.num_samples // 3)))
     scheduler = ASHAScheduler(metric=metric, mode=mode, time_attr="training_iteration", max_t=s.max_epochs,
@@ -149,8 +152,10 @@ def build_tuner(cfg: HarmoniaConfig, fs: FeatureSet | dict[str, FeatureSet], ctx
     )
 
 
-def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = True) -> SearchResult:
-    """The whole search stage; `cfg` must be resolved (absolute paths)."""
+def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = True,
+               ensemble_score: EnsembleScore | None = None) -> SearchResult:
+    """The whole search stage; `cfg` must be resolved (absolute paths). `ensemble_score`: the greedy rule
+    that `search.objective: ensemble` scores trials with (the app layer passes the ensemble stage's)."""
     # Every input is checked before any trial starts: space, tracking server and dataset before Ray, then
     # the features (a corrupt audio file found while computing them stops here, the cache intact).
     validate_overrides(cfg.space, cfg.task, cfg.features)
@@ -160,7 +165,8 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
     # Ray starts before the features load: its prestarted workers import torch and mlflow meanwhile.
     connect(cfg.search.address)
     # Above features.memory_budget_mb each kind is a small handle to memory-mapped files (feature_store.py).
-    feature_sets = load_feature_sets(ds, cfg.features, search_kinds(cfg), progress=progress)
+    feature_sets = load_feature_sets(ds, cfg.features, search_kinds(cfg), progress=progress,
+                                     unlabeled=semi_supervised_requested(cfg.space))
     fs = open_feature_set(next(iter(feature_sets.values())))  # clip ids and targets are the same in every kind's
     prepare_client(cfg.search.storage_path, feature_sets)  # ray:// only: storage_path shared with the head
     exp_id = tracking.ensure_experiment(cfg.tracking.uri, cfg.name, cfg.tracking.artifacts)
@@ -175,12 +181,17 @@ def run_search(cfg: HarmoniaConfig, *, resume: bool = False, progress: bool = Tr
                        scheduler_milestones(min(s.grace_period, s.max_epochs), s.reduction_factor, s.max_epochs),
                        cfg.train.snapshots, cv_folds=len(set(fold_of.values())) if fold_of else cfg.train.cv_folds,
                        fold_of=tuple(fold_of.items()))
+    library = ensemble_library(cfg, exp_id, search_run_id, fs, resume, ensemble_score, progress)  # search.objective: ensemble
+    if library is not None:
+        ctx = replace(ctx, library_actor=library.name)
     c = tracking.client(cfg.tracking.uri)
     status = "FAILED"
     try:
         with progress_bar(f"search {cfg.name}", s.num_samples, enabled=progress) as bar, relay_progress(bar) as advance:
             callbacks = [MlflowRunCloser(cfg.tracking.uri, exp_id), ProgressCallback(s.num_samples, s.metric, advance),
                          FinalTrialErrors(), TrialRunNamer(cfg.tracking.uri, exp_id)]
+            if library is not None:
+                callbacks.append(library.feeder)
             tuner = build_tuner(cfg, feature_sets, ctx, callbacks, resume)
             with trial_actors_on_warm_workers(local=s.address is None), only_json_result_logger():
                 results = tuner.fit()
@@ -276,22 +287,33 @@ def trials_table(results, metric: str) -> pd.DataFrame:
     return df.sort_values("score", ascending=ascending, na_position="last").reset_index(drop=True) if len(df) else df
 
 
+STATUS_SHORT = {"TERMINATED": "done", "ERROR": "error"}
+"""Trial statuses as the top-trials table shows them (one word that fits its column)."""
+
+
 def print_trials(table: pd.DataFrame, metric: str, top: int = 10) -> None:
-    """The top trials: the augmentations each one used and the params that differ among them."""
+    """The top trials in 80 columns: the augmentations each one used (+name) and the params that differ
+    among them share one column that wraps between words; ids are cut to what tells the trials apart."""
     from rich.table import Table
 
     shown = table.head(top)
     rows = [r["params"] for _, r in shown.iterrows()]
     varying = sorted({k for k in set().union(*rows) if not k.startswith("aug.") and k != "arch"
                       and len({repr(p.get(k)) for p in rows}) > 1})
-    t = Table(title=f"top trials by valid {metric}")
-    for col in ("trial", "status", f"valid {metric}", "epochs", "arch", "augmentations", "params", "MLflow run"):
-        t.add_column(col, overflow="fold")
+    short = {k: k.split(".", 1)[-1] for k in varying}
+    label = {k: n if list(short.values()).count(n) == 1 else k for k, n in short.items()}  # mixup.alpha, mixup_lp.alpha
+    t = Table(title=f"top trials by valid {metric}", caption="+name: an augmentation it used; "
+              "run: its MLflow run id (first 8)", expand=True)
+    for col in ("trial", "status", metric, "ep", "arch"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("augmentations, params", ratio=1, overflow="fold")
+    t.add_column("run", no_wrap=True)
     for (_, r), p in zip(shown.iterrows(), rows):
-        augs = ",".join(k[4:] for k, v in sorted(p.items()) if k.startswith("aug.") and k.count(".") == 1 and v is True)
-        params = " ".join(f"{k.split('.', 1)[-1]}={_short(p[k])}" for k in varying if k in p)
-        t.add_row(r["trial_id"], r["status"], f"{r['score']:.4f}", str(int(r["epochs"])), r["arch"], augs or "none",
-                  params, r["run_id"][:12])
+        augs = [f"+{k[4:]}" for k, v in sorted(p.items()) if k.startswith("aug.") and k.count(".") == 1 and v is True]
+        params = [f"{label[k]}={_short(p[k])}" for k in varying if k in p]
+        t.add_row(str(r["trial_id"]).rsplit("_", 1)[-1], STATUS_SHORT.get(r["status"], str(r["status"]).lower()),
+                  f"{r['score']:.4f}", str(int(r["epochs"])), r["arch"], " ".join(augs or ["no-aug"]) + " " + " ".join(params),
+                  r["run_id"][:8])
     console.print(t)
 
 

@@ -15,6 +15,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from harmonia.search.cluster import loopback_node
+
 PRELOAD_MODULES = ("ray.tune", "harmonia.trainables.trial", "mlflow.store.tracking.sqlalchemy_store")
 SYSTEM_CONFIG = {
     "preload_python_modules": list(PRELOAD_MODULES),
@@ -84,6 +86,7 @@ def init_local(num_cpus: int) -> None:
     # Tune's default trial-actor env (checked against Tune's own at fit) plus quiet workers.
     for k, v in {"PL_DISABLE_FORK": "1", "PYTHONWARNINGS": "ignore"}.items():
         os.environ.setdefault(k, v)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             _system_config=SYSTEM_CONFIG)
+    with loopback_node():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
+                 _system_config=SYSTEM_CONFIG)
     _WORKER_ENV.update(env=dict(os.environ), session=_session())

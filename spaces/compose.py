@@ -10,12 +10,15 @@ from harmonia.spaces.augmentations import (AUGMENTATION_SPACES, WAVEFORM_COPIES_
                                            check_waveform_copies, waveform_copies_space)
 from harmonia.spaces.core import POSITIVE, SIZE, RecordingTrial, Space, SpaceError
 from harmonia.spaces.features import FEATURE_KIND_PARAM, feature_kinds, features_space
+from harmonia.spaces.schedules import SCHEDULE_SPACES, lr_schedule_space, schedule_choices
+from harmonia.spaces.semi_supervised import SEMI_SUPERVISED_SPACES, check_semi_supervised, semi_supervised_space
 
 
 def training_space(s: Space) -> None:
     s.float("lr", 1e-3, 1e-2, log=True, domain=POSITIVE)
     s.categorical("batch_size", [16, 32, 64], domain=SIZE)
     s.bool("balanced_batches")
+    lr_schedule_space(s)
 
 
 class DefineByRun:
@@ -48,6 +51,7 @@ class DefineByRun:
             if s.bool(f"aug.{name}"):
                 AUGMENTATION_SPACES[name](s)
         waveform_copies_space(s, self.n_copies)
+        semi_supervised_space(s)
         return s.constants
 
 
@@ -61,11 +65,13 @@ def define_by_run(overrides: dict[str, Any] | None = None, task: str = "tagging"
 def parameter_names() -> dict[str, list[str]]:
     """Every parameter a space can suggest, grouped by the part that owns it."""
     parts: dict[str, list[str]] = {"search": ["arch"], "features": [FEATURE_KIND_PARAM]}
-    for group, registry in (("architecture", ARCHITECTURE_SPACES), ("augmentation", AUGMENTATION_SPACES)):
+    switches = {"augmentation": "aug.", "semi-supervised": "semi."}
+    for group, registry in (("architecture", ARCHITECTURE_SPACES), ("augmentation", AUGMENTATION_SPACES),
+                            ("schedule", SCHEDULE_SPACES), ("semi-supervised", SEMI_SUPERVISED_SPACES)):
         for name, fn in registry.items():
             s = Space(RecordingTrial())
             fn(s)
-            parts[f"{group} {name}"] = (["aug." + name] if group == "augmentation" else []) + s.seen
+            parts[f"{group} {name}"] = ([switches[group] + name] if group in switches else []) + s.seen
     parts["augmentation waveform_copies"] = [WAVEFORM_COPIES_PARAM]
     s = Space(RecordingTrial())
     training_space(s)
@@ -103,6 +109,13 @@ def validate_overrides(overrides: dict[str, Any], task: str | None = "tagging",
     for arch_name in ARCHITECTURE_SPACES:
         s = Space(RecordingTrial(), overrides)
         ARCHITECTURE_SPACES[arch_name](s)
+    for fn in SCHEDULE_SPACES.values():
+        fn(Space(RecordingTrial(), overrides))
+    check_semi_supervised(overrides, task)
+    for name, fn in SEMI_SUPERVISED_SPACES.items():
+        s = Space(RecordingTrial(), overrides)
+        s.bool(f"semi.{name}")
+        fn(s)
     s = Space(RecordingTrial(), overrides)
     training_space(s)
     for name, fn in AUGMENTATION_SPACES.items():
@@ -136,6 +149,8 @@ def describe(name: str, default: Any, override: Any) -> str:
         return f"range [{_shown(low)}, {_shown(high)}]" + (" log" if log else "")
     if list(default) == [False, True]:
         return "on or off"
+    if len(default) == 1:
+        return f"fixed {_shown(default[0])}"
     return "choices " + ", ".join(map(_shown, default))
 
 
@@ -161,6 +176,11 @@ def describe_space(overrides: dict[str, Any] | None, task: str = "tagging",
     for a in archs:
         part_rows(f"architecture {a}", ARCHITECTURE_SPACES[a], [])
     part_rows("training", training_space, [])
+    shown = {r[1] for r in rows}
+    for kind in schedule_choices(overrides):  # the training walk shows the fields of one schedule only
+        s = Space(RecordingTrial(), overrides)
+        SCHEDULE_SPACES[kind](s)
+        rows.extend(("training", n, describe(n, s.defaults[n], overrides.get(n))) for n in s.defaults if n not in shown)
     for name in augmentations_for(task):
         switch = overrides.get(f"aug.{name}")
         if switch is False or switch == [False]:
@@ -168,6 +188,13 @@ def describe_space(overrides: dict[str, Any] | None, task: str = "tagging",
             continue
         on = describe(f"aug.{name}", [False, True], switch)
         part_rows(f"augmentation {name}", AUGMENTATION_SPACES[name], [(f"augmentation {name}", f"aug.{name}", on)])
+    for name, fn in SEMI_SUPERVISED_SPACES.items():
+        switch = overrides.get(f"semi.{name}")
+        if switch is None or switch is False or switch == [False]:
+            rows.append((f"semi-supervised {name}", f"semi.{name}", "off"))
+            continue
+        part_rows(f"semi-supervised {name}", fn,
+                  [(f"semi-supervised {name}", f"semi.{name}", describe(f"semi.{name}", [False, True], switch))])
     if features.augmented_copies.n_copies:
         rows.append(("augmentation waveform_copies", WAVEFORM_COPIES_PARAM,
                      describe(WAVEFORM_COPIES_PARAM, [False, True], overrides.get(WAVEFORM_COPIES_PARAM))))

@@ -202,6 +202,14 @@ def test_local_cluster_script_usage_and_status_of_nothing(tmp_path):
     assert not (tmp_path / "none").exists(), "status creates nothing"
     p = _run([LOCAL_CLUSTER, "up", "--auth", "nope"], timeout=30, check=False)
     assert p.returncode != 0 and "--auth" in p.stderr
+    # beyond loopback the address is explicit and auth stays on: nothing is started otherwise
+    p = _run([LOCAL_CLUSTER, "up", "--host", "192.0.2.7", "--auth", "disabled", "--dir", tmp_path / "x"],
+             timeout=30, check=False)
+    assert p.returncode != 0 and "--auth disabled" in p.stderr and "192.0.2.7" in p.stderr
+    p = _run([LOCAL_CLUSTER, "up", "--host", "every-interface", "--dir", tmp_path / "x"], timeout=30, check=False)
+    assert p.returncode != 0 and "--host must be an IPv4 address" in p.stderr
+    assert not (tmp_path / "x").exists()
+    assert "`--auth token` (default)" in _run([LOCAL_CLUSTER, "--help"], timeout=30).stdout
 
 
 # ------------------------------------------------------------------------ local Ray cluster (slow)
@@ -321,8 +329,8 @@ def test_local_cluster_two_nodes(cluster_dirs):
                    "--object-store-mb", "256", "--dir", d], timeout=180)
         address, env = _parse_up(up.stdout)
         assert address == f"127.0.0.1:{port}"
-        assert env["RAY_AUTH_MODE"] == "disabled"
-        assert "RAY_AUTH_MODE=disabled" in up.stdout and "NOTE" in up.stdout
+        assert env["RAY_AUTH_MODE"] == "token", "token auth by default"
+        assert Path(env["RAY_AUTH_TOKEN_PATH"]).is_file() and "NOTE" not in up.stdout
         assert len(_raylets_under(d)) == 2
         st = _run([LOCAL_CLUSTER, "status", "--port", port, "--dir", d], timeout=60)
         assert "2 node(s) running" in st.stdout
@@ -336,10 +344,20 @@ def test_local_cluster_two_nodes(cluster_dirs):
         assert len(set(res["ran_on"])) == 2 and set(res["ran_on"]) == set(res["alive"])
         print(f"cluster up + driver in {time.monotonic() - t0:.1f} s")
 
+        # every server of both nodes listens on loopback only (Ray's default is every interface)
+        from tests.test_loopback import exposed
+
+        by_process = _tool().listeners_by_process([p.pid for p in _cluster_procs(port, d)])
+        names = " ".join(by_process)
+        assert names.count("raylet") == 2 and "gcs_server" in names, by_process
+        assert f"::ffff:127.0.0.1:{port}" in sum(by_process.values(), []), "the GCS, on loopback"
+        assert exposed(by_process) == {}, f"listening beyond loopback: {by_process}"
+
         # another Ray on this host (a one-node cluster) must survive our `down`
         started.append((decoy_port, decoy_dir))
-        _run([LOCAL_CLUSTER, "up", "--workers", "0", "--port", decoy_port, "--object-store-mb", "256",
-              "--dir", decoy_dir], timeout=120)
+        decoy_up = _run([LOCAL_CLUSTER, "up", "--workers", "0", "--port", decoy_port, "--object-store-mb", "256",
+                         "--auth", "disabled", "--dir", decoy_dir], timeout=120)
+        assert "RAY_AUTH_MODE=disabled" in decoy_up.stdout and "NOTE" in decoy_up.stdout
         decoy = _raylets_under(decoy_dir)
         assert len(decoy) == 1
 
@@ -381,6 +399,7 @@ def test_local_cluster_token_auth(cluster_dirs):
         # a driver without the token is refused (Ray retries for ~20 s before giving up: stop
         # waiting once the GCS has said why)
         bad_env = _script_env()
+        bad_env.update({k: v for k, v in env.items() if not k.startswith("RAY_AUTH")})  # reaches the GCS on loopback
         bad_env["RAY_AUTH_MODE"] = "disabled"
         assert "InvalidAuthToken" in _first_error(
             [sys.executable, "-c", _DRIVER, address], bad_env, "InvalidAuthToken", timeout=60)

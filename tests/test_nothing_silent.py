@@ -403,7 +403,7 @@ def test_registered_pyfunc_has_a_signature_and_no_type_hint_warning(bundled, tmp
     mlflow.set_tracking_uri(cfg.tracking.uri)
     sig = mlflow.models.get_model_info(ref).signature
     classes = EnsemblePredictor.load(bundle).classes
-    assert sig.inputs.input_names() == ["path"]
+    assert sig.inputs.input_names() == ["path", "audio"]  # audio paths, or audio bytes (tests/test_serving.py)
     assert sig.outputs.input_names() == ["filename", *classes, "event_labels"]
     wav = str(load_dataset(cfg.data.root).split("test")["path"].iloc[0])
     import pandas as pd

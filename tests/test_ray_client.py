@@ -102,6 +102,8 @@ def test_search_through_the_ray_client(shared_data, tmp_path):  # noqa: F811 - t
         # Tune's callbacks ran on the head; the counter they bumped there moved the bar here
         bars = re.findall(rf"search {name}\b.*?(\d+)/{samples}\b", out)
         assert bars and bars[-1] == str(samples), f"the progress bar ended at {bars[-1:]} of {samples}:\n{tail(log)}"
+        # ... and the line they noted there (running trials, epochs, the best so far) was shown here
+        assert re.search(r"\d+ running · [1-9]\d* epochs · best valid mAP \d\.\d{4} \(#\w+\)", out), tail(log)
 
         c = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
         runs = trial_runs(c, name)

@@ -14,6 +14,8 @@ from harmonia.featureset import FeatureSet
 from harmonia.metrics import get_metric
 from harmonia.trainables.architectures import build_model
 from harmonia.trainables.augmentations import Batch, balanced_sampling_weights, build_augmentations
+from harmonia.trainables.schedules import schedule_from_params, steps_per_epoch
+from harmonia.trainables.semi_supervised import build_semi_supervised, semi_supervised_on
 from harmonia.trainables.tasks import get_strategy, pool_frame_targets, tag_scores  # noqa: F401  (re-export)
 
 class NonFiniteLossError(FloatingPointError):
@@ -82,6 +84,7 @@ class Trainer:
         self.model = build_model(params["arch"], self.params, data.n_features, len(data.classes)).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(params.get("lr", 1e-3)),
                                           weight_decay=float(params.get("weight_decay", 0.0)))
+        self.base_lr, self.schedule = float(params.get("lr", 1e-3)), schedule_from_params(params)
         self.augmentations = build_augmentations({**params, **self.strategy.augmentation_params})
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -92,6 +95,9 @@ class Trainer:
         self.bad_epochs = 0
         self.last_valid: tuple[np.ndarray, np.ndarray] | None = None
         self.best_valid: tuple[np.ndarray, np.ndarray] | None = None
+        self.semi = build_semi_supervised(params, task)  # after the model: a mean teacher copies it
+        for method in self.semi:
+            method.bind(self)
 
     @property
     def done(self) -> bool:
@@ -111,13 +117,17 @@ class Trainer:
             order = torch.randperm(n, generator=self.gen)
         self.model.train()
         total, count = 0.0, 0
-        for start in range(0, n, bs):
+        spe = steps_per_epoch(n, bs)
+        for step, start in enumerate(range(0, n, bs)):
             idx = order[start:start + bs]
             if len(idx) < 2:
                 continue  # batch norm needs two samples
+            self.set_lr(self.epoch * spe + step, spe)
             rows = idx.numpy()  # each batch reads its rows only (features may be memory-mapped)
             yf = rows_tensor(split.y_frames, rows).float() if self.strategy.frame_targets else None
             batch = Batch(rows_tensor(split.x, rows), torch.from_numpy(split.y[rows]), yf)
+            for method in self.semi:
+                batch = method.targets(batch, split, rows)
             for aug in self.augmentations:
                 batch = aug(batch, self.gen)
             batch = Batch(batch.x.to(self.device), batch.y.to(self.device),
@@ -127,19 +137,41 @@ class Trainer:
             if not torch.isfinite(out[0]).all():
                 raise NonFiniteLossError(f"model outputs became NaN/inf at epoch {self.epoch + 1} (loss undefined)")
             loss = self.strategy.loss(out, batch, split, rows)
+            for method in self.semi:
+                loss = loss + method.loss(self, batch, out, self.epoch * spe + step, spe)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.epoch + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            for method in self.semi:
+                method.after_step(self.model)
             total += loss.item() * len(idx)
             count += len(idx)
         return total / max(count, 1)
 
+    def unlabeled_batch(self, n: int) -> tuple[np.ndarray, torch.Tensor] | None:
+        """Rows and features (on the device) of `n` unlabelled clips drawn with the trial's generator; None without any."""
+        u = self.data.unlabeled
+        if u is None or len(u.clip_ids) < 2:
+            return None
+        rows = torch.randint(len(u.clip_ids), (n,), generator=self.gen).numpy()
+        return rows, rows_tensor(u.x, rows).to(self.device)
+
+    def set_lr(self, step: int, spe: int) -> None:
+        """The schedule's rate for optimizer step `step` of the trial (`spe` steps an epoch)."""
+        lr = self.base_lr * self.schedule.factor(step, spe, self.max_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def predict(self, split: str, batch_size: int = 64, model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Clip [N, C] and frame [N, T', C] probabilities of a split with the current (or given) weights."""
-        return predict_batches(model or self.model, self.data.splits[split].x, self.device, self.amp, batch_size)
+        return self.predict_features(self.data.splits[split].x, model, batch_size)
+
+    def predict_features(self, x, model: nn.Module | None = None, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Clip and frame probabilities of features [N, T, F] (e.g. the unlabelled clips')."""
+        return predict_batches(model or self.model, x, self.device, self.amp, batch_size)
 
     def run_epoch(self) -> EpochResult:
         train_loss = self.train_epoch()
@@ -180,6 +212,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "counters": torch.tensor([self.epoch, self.best_epoch, self.bad_epochs], dtype=torch.long),
             "best_score": torch.tensor(self.best_score, dtype=torch.float64),
+            **({"semi": {name: m.state_dict() for name, m in zip(semi_supervised_on(self.params), self.semi)}}
+               if self.semi else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -190,3 +224,5 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.best_epoch, self.bad_epochs = (int(v) for v in state["counters"])
         self.best_score = float(state["best_score"])
+        for name, method in zip(semi_supervised_on(self.params), self.semi):
+            method.load_state_dict(state["semi"][name])

@@ -14,6 +14,7 @@ from harmonia import tracking
 from harmonia.featureset import FeatureSet, pick_feature_set
 from harmonia.trainables.cross_validation import CrossValidatedTrainer, cv_member_files, trainer_factory
 from harmonia.trainables.artifacts import member_config, prediction_files, weights_bytes
+from harmonia.trainables.costs import trainer_costs
 from harmonia.trainables.failures import TrialFailed, failure_reason, is_deterministic
 from harmonia.trainables.naming import trial_run_name
 from harmonia.trainables.snapshots import INDEX_FILE, SnapshotKeeper, snapshot_prefix
@@ -41,6 +42,7 @@ class TrialContext:
     snapshots: int = 0  # keep the predictions of this many best epochs as extra members
     cv_folds: int = 0  # k >= 2: k fold models on train ∪ valid, out-of-fold predictions (cross_validation.py)
     fold_of: tuple[tuple[str, int], ...] = ()  # train.cv_folds: predefined: (clip id, the dataset's fold) pairs
+    library_actor: str = ""  # search.objective: ensemble: the named library actor (search/library_service.py)
 
 
 def scheduler_milestones(grace_period: int, reduction_factor: int, max_epochs: int) -> frozenset[int]:
@@ -131,6 +133,16 @@ def fail_run(c, run_id: str | None, err: Exception) -> None:
     raise err
 
 
+def ensemble_objective(actor: str, valid_probs: np.ndarray) -> dict[str, float]:
+    """The named library actor's answer for these valid predictions: the score of the ensemble they would
+    join (`valid_objective`) and their marginal gain over the current one (`valid_ensemble_gain`)."""
+    import ray
+
+    got = ray.get(ray.get_actor(actor).gain.remote(valid_probs))
+    return {"valid_objective": float(got["objective"]), "valid_ensemble_gain": float(got["gain"]),
+            "ensemble_library_size": float(got["library"])}
+
+
 def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
     """Train one sampled config; report once per epoch with a checkpoint that a restored trial resumes.
 
@@ -161,9 +173,12 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
             run_id = json.loads((Path(d) / META_FILE).read_text())["run_id"]
     run_id = start_run(c, ctx, params, run_id)
     pending = trainer.epoch > 0  # restored: the best so far may not have been logged before the failure
+    costs_logged = False
     try:
         while not trainer.done:
             result = trainer.run_epoch()
+            if ctx.library_actor:  # valid_objective, valid_ensemble_gain: the trial's worth to the current ensemble
+                result.metrics.update(ensemble_objective(ctx.library_actor, trainer.last_valid[0]))
             tracking.log_metrics(c, run_id, result.metrics, step=result.epoch)
             kept = snapshots.offer(result.epoch, result.metrics[f"valid_{ctx.metric}"], trainer.model.state_dict(),
                                    trainer.last_valid)
@@ -173,6 +188,9 @@ def harmonia_trial(config: dict, data: FeatureSet, ctx: TrialContext) -> None:
             if pending and (result.done or result.epoch in ctx.log_epochs or not ctx.log_epochs):
                 log_best(c, run_id, trainer, snapshots)
                 pending = False
+                if not costs_logged:  # once, where the trial can end: the architecture's cost (trainables/costs.py)
+                    tracking.log_metrics(c, run_id, trainer_costs(trainer), step=result.epoch)
+                    costs_logged = True
             if result.done:
                 tracking.retry(lambda: c.set_terminated(run_id, "FINISHED"))
             with tempfile.TemporaryDirectory() as d:

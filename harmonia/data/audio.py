@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,12 @@ def _sniff(head: bytes) -> tuple[str, bool] | None:
         if head[offset:offset + len(magic)] == magic:
             return name, False
     return None
+
+
+def audio_format(head: bytes) -> str | None:
+    """The audio container (WAV, FLAC, ...) that leading bytes announce, or None when they announce none."""
+    kind = _sniff(head[:64])
+    return kind[0] if kind else None
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -122,14 +129,46 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         y, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError):
         raise AudioError(path, _diagnose(path)) from None
+    return _mono(path, y, sr, sample_rate)
+
+
+def _mono(name: str | Path, y: np.ndarray, sr: int, sample_rate: int) -> np.ndarray:
+    """[frames, channels] samples at `sr` → float32 mono at `sample_rate`; AudioError when there are none."""
     if y.shape[0] == 0:
-        raise AudioError(path, "empty audio (0 samples; expected at least one)")
+        raise AudioError(name, "empty audio (0 samples; expected at least one)")
     mono = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
     if sr != sample_rate:
         import librosa
 
         mono = librosa.resample(mono, orig_sr=sr, target_sr=sample_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+AUDIO_BYTES = "the bytes of a WAV, FLAC, OGG or another libsndfile audio file"
+
+
+def _diagnose_bytes(data: bytes) -> str:
+    """Why libsndfile refused in-memory audio, from its size and leading bytes."""
+    if not data:
+        return f"empty (0 bytes; expected {AUDIO_BYTES})"
+    kind = _sniff(data[:64])
+    if kind is None:
+        what = "text" if _looks_like_text(data[:64]) else "unrecognised binary content"
+        return f"not audio (content is {what}; expected {AUDIO_BYTES})"
+    name, supported = kind
+    if not supported:
+        return f"unsupported audio format {name} (expected {AUDIO_BYTES})"
+    return f"corrupt or unreadable {name} data (its header could not be parsed; expected {AUDIO_BYTES})"
+
+
+
+def load_audio_bytes(data: bytes, sample_rate: int, name: str) -> np.ndarray:
+    """`load_audio` of the bytes of an audio file (a request to a served model); errors name `name`."""
+    try:
+        y, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError, TypeError):
+        raise AudioError(name, _diagnose_bytes(data)) from None
+    return _mono(name, y, sr, sample_rate)
 
 
 def write_wav(path: str | Path, y: np.ndarray, sample_rate: int) -> None:

@@ -17,6 +17,7 @@ TRAIN, TEST = "train.csv", "test_post_competition.csv"
 TRAIN_COLUMNS: tuple[str, ...] = ("fname", "label", "manually_verified")
 TEST_COLUMNS: tuple[str, ...] = ("fname", "label", "usage")
 DEFAULT_USAGE: dict[str, str] = {"Public": "valid", "Private": "test", "Ignored": SKIP}
+VERIFIED = "verified"
 
 
 def detect(root: Path) -> list[str]:
@@ -29,8 +30,13 @@ def read(root: Path, options: ReadOptions, out: Collector) -> Read:
     clips: dict[str, ClipRecord] = {}
     files: dict[str, list[str]] = {"train": [TRAIN, "audio_train/"]}
     for line, row in read_csv(root / TRAIN, TRAIN, TRAIN_COLUMNS, out):
-        add_clip(clips, "train", row["fname"], root / "audio_train", TRAIN, line, [row["label"]], out,
-                 group=row.get("freesound_id"))
+        rec = add_clip(clips, "train", row["fname"], root / "audio_train", TRAIN, line, [row["label"]], out,
+                       group=row.get("freesound_id"))
+        verified = row["manually_verified"].strip()
+        if verified not in ("0", "1"):
+            out.error(TRAIN, line, f"manually_verified {verified!r}: expected 0 or 1")
+        elif rec is not None:
+            rec.extra[VERIFIED] = verified  # the table's `verified` column ("" for test clips: all verified)
     for line, row in read_csv(root / TEST, TEST, TEST_COLUMNS, out):
         split = usage.get(row["usage"])
         if split is None:
