@@ -131,7 +131,7 @@ class Space:
             if value not in choices:
                 raise SpaceError(f"space.{name}: {value!r} is not one of {list(choices)}")
             return value
-        choices = _choices(name, self.overrides.get(name), choices)
+        choices = override_choices(name, self.overrides.get(name), choices)
         check_domain(name, domain, choices, "choice ")
         if len(choices) == 1:
             self.constants[name] = choices[0]
@@ -156,7 +156,7 @@ def _range(name: str, ov: Any, low: float, high: float, log: bool) -> tuple[floa
     return low, high, log
 
 
-def _choices(name: str, ov: Any, defaults: Sequence[Any]) -> list[Any]:
+def override_choices(name: str, ov: Any, defaults: Sequence[Any]) -> list[Any]:
     if ov is None:
         return list(defaults)
     choices = ov.get("choices") if isinstance(ov, dict) else ov

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, get_args
 
 from harmonia.config import FEATURE_KIND_PARAM, FeatureConfig
-from harmonia.spaces.core import Space, SpaceError, _choices
+from harmonia.spaces.core import Space, SpaceError, override_choices
 
 FEATURE_KIND_NAMES: tuple[str, ...] = get_args(FeatureConfig.model_fields["kind"].annotation)
 """The kinds `FeatureConfig.kind` accepts (each registered in `harmonia.features.FEATURE_KINDS`)."""
@@ -20,7 +20,7 @@ def feature_kinds(overrides: dict[str, Any] | None, default: str) -> list[str]:
     """The kinds trials can sample, in the override's order (just `default` when not overridden);
     an unknown kind or a malformed override raises SpaceError naming it and the valid kinds."""
     ov = (overrides or {}).get(FEATURE_KIND_PARAM)
-    kinds = [ov] if isinstance(ov, str) else _choices(FEATURE_KIND_PARAM, ov, [default])
+    kinds = [ov] if isinstance(ov, str) else override_choices(FEATURE_KIND_PARAM, ov, [default])
     for k in kinds:
         if k not in FEATURE_KIND_NAMES:
             raise SpaceError(f"space.{FEATURE_KIND_PARAM}: unknown feature kind {k!r}; "
