@@ -4,7 +4,9 @@ Synthetic library of correlated models (families sharing errors), mAP objective.
 step (no best-prefix cut) so the full pick sequences can be compared. The fast mode is timed with 1
 and with 2 threads (classes split over threads); the reference is single-threaded. When the reference
 would take longer than --ref-budget seconds, it runs a prefix of the steps and its per-step time is
-extrapolated.
+extrapolated. Then each vectorized metric (--metrics: auc, lwlrap, f1) is timed against the same
+selection making one metric call per candidate. The AudioSet size (M=1000, N=20000, C=527, sharded
+over Ray workers) is benchmarks/ensemble_selection_audioset.py.
 
     python benchmarks/ensemble_selection.py            # M=200, N=5000, C=20, K=50
     python benchmarks/ensemble_selection.py --quick
@@ -43,6 +45,8 @@ def main() -> None:
     ap.add_argument("--ref-budget", type=float, default=600.0, help="seconds the reference may run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="fast-mode thread counts to time")
+    ap.add_argument("--metrics", nargs="*", default=["auc", "lwlrap", "f1"],
+                    help="vectorized metrics to time against their per-candidate calls")
     args = ap.parse_args()
     if args.quick:
         args.models, args.clips, args.classes, args.steps = 40, 1000, 10, 15
@@ -60,26 +64,9 @@ def main() -> None:
               f"({fast_times[threads] / (k + 1) * 1e3:.1f} ms per step incl. init), "
               f"final mAP {fast.curve[-1]:.6f}, best step {fast.best_step}", flush=True)
 
-    t0 = time.perf_counter()
-    reference_ensemble_selection(preds, y, size=1, metric="mAP", keep_best_prefix=False)
-    per_step = (time.perf_counter() - t0) / 2
-    ref_steps = k if per_step * (k + 1) <= args.ref_budget else max(1, int(args.ref_budget / per_step) - 1)
-    print(f"reference: ~{per_step:.2f} s per step (probe), running {ref_steps} of {k} steps")
-
-    def progress(step: int, score: float) -> None:
-        if step % 5 == 0 or step == ref_steps:
-            elapsed = time.perf_counter() - t0
-            print(f"  reference step {step}/{ref_steps}: mAP {score:.6f} ({elapsed:.0f} s)", flush=True)
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    ref = reference_ensemble_selection(preds, y, size=ref_steps, metric="mAP", keep_best_prefix=False, on_step=progress)
-    t_ref_run, cpu_ref_run = time.perf_counter() - t0, time.process_time() - c0
-    factor = (k + 1) / (ref_steps + 1)
-    t_ref, cpu_ref = t_ref_run * factor, cpu_ref_run * factor
-    how = "measured" if ref_steps == k else f"extrapolated per step from {ref_steps} steps + init"
+    ref, t_ref, cpu_ref = timed_reference(preds, y, k, "mAP", args.ref_budget, "reference")
     same = all(p[: len(ref.picks)] == ref.picks for p in fast_picks.values())
     diff = float(np.max(np.abs(np.subtract(fast.curve[: len(ref.curve)], ref.curve))))
-    print(f"reference (sklearn, 1 thread): {t_ref:8.2f} s wall, {cpu_ref:.2f} s CPU ({how}; ran {t_ref_run:.2f} s)")
     for threads, t_fast in fast_times.items():
         cpu = f", CPU time {cpu_ref / fast_cpu[threads]:.1f}x" if threads == 1 else ""
         print(f"speed-up, fast with {threads} thread(s): wall {t_ref / t_fast:.1f}x{cpu}")
@@ -88,7 +75,43 @@ def main() -> None:
     if not same:
         first = next(i for i, (a, b) in enumerate(zip(fast.picks, ref.picks)) if a != b)
         print(f"first difference at pick {first}: fast {fast.picks[first]} vs reference {ref.picks[first]}")
+    for metric in args.metrics:
+        compare_metric(preds, y, k, metric, args.ref_budget)
 
+
+def timed_reference(preds: np.ndarray, y: np.ndarray, k: int, metric: str, budget: float, label: str):
+    """The per-candidate reference, timed; a prefix of the steps (per-step time extrapolated) past ``budget`` s."""
+    t0 = time.perf_counter()
+    reference_ensemble_selection(preds, y, size=1, metric=metric, keep_best_prefix=False)
+    per_step = (time.perf_counter() - t0) / 2
+    ref_steps = k if per_step * (k + 1) <= budget else max(1, int(budget / per_step) - 1)
+    print(f"{label}: ~{per_step:.2f} s per step (probe), running {ref_steps} of {k} steps")
+
+    def progress(step: int, score: float) -> None:
+        if step % 5 == 0 or step == ref_steps:
+            print(f"  {label} step {step}/{ref_steps}: {metric} {score:.6f} ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    ref = reference_ensemble_selection(preds, y, size=ref_steps, metric=metric, keep_best_prefix=False,
+                                       on_step=progress)
+    t_run, cpu_run = time.perf_counter() - t0, time.process_time() - c0
+    factor = (k + 1) / (ref_steps + 1)
+    how = "measured" if ref_steps == k else f"extrapolated per step from {ref_steps} steps + init"
+    print(f"{label} (1 thread): {t_run * factor:8.2f} s wall, {cpu_run * factor:.2f} s CPU ({how}; ran {t_run:.2f} s)")
+    return ref, t_run * factor, cpu_run * factor
+
+
+def compare_metric(preds: np.ndarray, y: np.ndarray, k: int, metric: str, budget: float) -> None:
+    """Vectorized selection against the per-candidate metric calls, same metric, one thread each."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fast = ensemble_selection(preds, y, size=k, metric=metric, keep_best_prefix=False)
+    t_fast, cpu_fast = time.perf_counter() - t0, time.process_time() - c0
+    print(f"{metric}: {fast.path}, 1 thread: {t_fast:8.2f} s wall, {cpu_fast:.2f} s CPU, final {fast.curve[-1]:.6f}")
+    ref, t_ref, cpu_ref = timed_reference(preds, y, k, metric, budget, f"{metric} per-candidate")
+    same = fast.picks[: len(ref.picks)] == ref.picks
+    print(f"{metric} speed-up over per-candidate calls: wall {t_ref / t_fast:.1f}x, CPU {cpu_ref / cpu_fast:.1f}x; "
+          f"picks identical over {len(ref.picks)} picks: {same}")
 
 if __name__ == "__main__":
     main()

@@ -125,3 +125,78 @@ def test_bad_inputs() -> None:
         ensemble_selection(p, y, init=0)
     with pytest.raises(KeyError, match="mAP"):
         ensemble_selection(p, y, metric="nope")
+
+
+@pytest.mark.parametrize("kind", ["continuous", "quantized", "duplicates", "clones", "tiny"])
+@pytest.mark.parametrize("metric", ["auc", "lwlrap", "f1"])
+def test_vectorized_metrics_equal_reference_with_ties(metric: str, kind: str) -> None:
+    """Quantized scores tie across clips and at F1's 0.5 threshold; clones tie every candidate."""
+    for seed in range(2):
+        p, y = _library(seed, kind=kind)
+        for init in (1, "auto"):
+            fast = ensemble_selection(p, y, size=8, metric=metric, init=init, keep_best_prefix=False)
+            assert fast.path == "vectorized"
+            _same(fast, reference_ensemble_selection(p, y, size=8, metric=metric, init=init, keep_best_prefix=False))
+
+
+def test_auc_tie_repair_matters() -> None:
+    """Tiny scores collide in the integer keys: without the float64 repair AUC differs from rankdata's."""
+    p, y = _library(1, m=8, n=200, kind="tiny")
+    ref = reference_ensemble_selection(p, y, size=6, metric="auc", keep_best_prefix=False)
+    _same(ensemble_selection(p, y, size=6, metric="auc", keep_best_prefix=False), ref)
+    rough = ensemble_selection(p, y, size=6, metric="auc", keep_best_prefix=False, exact=False)
+    assert np.max(np.abs(np.subtract(rough.curve, ref.curve))) > 1e-6
+
+
+def test_path_is_reported() -> None:
+    p, y = _library(0)
+    assert ensemble_selection(p, y, size=2, metric="eer").path == "per-candidate"
+    assert ensemble_selection(p, y, size=2, metric="mAP").path == "vectorized"
+    assert ensemble_selection(p - 0.5, y, size=2, metric="auc").path == "per-candidate"  # negative scores: no keys
+
+
+def test_too_large_library_is_refused_naming_the_sharded_option() -> None:
+    p, y = _library(0)
+    with pytest.raises(MemoryError, match=r"shards=W, address="):
+        ensemble_selection(p, y, size=2, memory_limit=p.size * 4 - 1)
+    assert ensemble_selection(p, y, size=2, memory_limit=p.size * 4).path == "vectorized"
+
+
+@pytest.mark.parametrize("metric", ["mAP", pytest.param("auc", marks=pytest.mark.slow),
+                                    pytest.param("f1", marks=pytest.mark.slow)])
+def test_sharded_on_two_ray_workers_equals_in_process(ray_local, metric: str) -> None:
+    p, y = _library(5, m=10, n=150, c=5, kind="quantized")
+    local = ensemble_selection(p, y, size=8, metric=metric, init="auto", keep_best_prefix=False)
+    sharded = ensemble_selection(p, y, size=8, metric=metric, init="auto", keep_best_prefix=False, shards=2)
+    assert sharded.path == "sharded"
+    _same(sharded, local)
+    assert sharded.score == pytest.approx(local.score, abs=1e-12)
+
+
+def test_sharded_refuses_metrics_that_do_not_decompose_over_classes(ray_local) -> None:
+    p, y = _library(0)
+    with pytest.raises(ValueError, match="decomposes over classes"):
+        ensemble_selection(p, y, size=2, metric="lwlrap", shards=2)
+
+
+@pytest.mark.slow  # starts two pairs of Ray actors: about 10 s idle, over a minute on a loaded machine
+def test_sharded_palette_storage_equals_in_process(ray_local) -> None:
+    """8-bit scores held as uint8 codes and a palette in the workers: the same values, the same picks."""
+    from harmonia.ensembles.selection_metrics import class_major, palette_codes
+    from harmonia.ensembles.sharded import sharded_selection
+
+    rng = np.random.default_rng(3)
+    p, y = _library(6, m=9, n=160, c=6)
+    p = (np.round(p * 255) / 255).astype(np.float32)  # 8-bit exported scores: many ties
+    p[rng.integers(0, 9, 3)] = p[0]
+
+    def load(c0: int, c1: int):
+        codes, palette = palette_codes(class_major(p, c0, c1))
+        assert palette is not None and codes.dtype == np.uint8
+        return codes, y[:, c0:c1], palette
+
+    for metric in ("mAP", "auc"):
+        local = ensemble_selection(p, y, size=10, metric=metric, init=2, keep_best_prefix=False)
+        sharded = sharded_selection(load, 6, 9, 2, 10, get_metric(metric), init=2, keep_best_prefix=False)
+        _same(sharded, local)
+        _same(sharded, reference_ensemble_selection(p, y, size=10, metric=metric, init=2, keep_best_prefix=False))

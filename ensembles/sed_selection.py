@@ -1,0 +1,101 @@
+"""Greedy ensemble selection by an SED objective: members picked on their combined frame outputs.
+
+Caruana et al. 2004 forward selection with replacement, as ensembles/greedy.py, but each candidate
+ensemble is scored on the weighted average of its members' frame probabilities [N, T, C] by an event
+objective: event F1 at the trials' decoding (threshold 0.5, 0.45 s median filter: what `search.metric:
+event_f1` scores per epoch) or PSDS1/PSDS2 (threshold-free). The final ensemble's thresholds and
+median filters are then fitted for event F1 as for every other method (`stage.fit_sed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from harmonia.psds import psds
+from harmonia.sed_metrics import EventArrays, binary_median, event_counts, f_scores, frame_runs
+from harmonia.trainables.tasks import EPOCH_MEDIAN_SECONDS, EPOCH_THRESHOLD
+
+FrameObjective = Callable[[np.ndarray], float]
+"""Combined frame probabilities [N, T, C] → score, higher is better."""
+ObjectiveFactory = Callable[[EventArrays, float], FrameObjective]
+
+SED_SELECTION_METRICS: dict[str, ObjectiveFactory] = {}
+
+
+def register_sed_metric(name: str):
+    def deco(fn: ObjectiveFactory) -> ObjectiveFactory:
+        SED_SELECTION_METRICS[name] = fn
+        return fn
+
+    return deco
+
+
+def epoch_decoding(probs: np.ndarray, hop: float) -> EventArrays:
+    """Events of frame probabilities at the trials' decoding: fixed threshold, then the median filter."""
+    median = max(1, int(round(EPOCH_MEDIAN_SECONDS / hop)) // 2 * 2 + 1)
+    active = binary_median((probs >= EPOCH_THRESHOLD).transpose(0, 2, 1), median).transpose(0, 2, 1)
+    return frame_runs(active, hop)
+
+
+@register_sed_metric("event_f1")
+def event_f1_objective(ref: EventArrays, hop: float) -> FrameObjective:
+    """Micro event F1 (DCASE collars) of the epoch decoding."""
+    return lambda p: f_scores(event_counts(ref, epoch_decoding(p, hop), p.shape[2]), "e")["e_f1"]
+
+
+@register_sed_metric("event_f1_macro")
+def event_f1_macro_objective(ref: EventArrays, hop: float) -> FrameObjective:
+    """Class-wise mean event F1 of the epoch decoding (DCASE 2018–2019 task 4's ranking)."""
+    return lambda p: f_scores(event_counts(ref, epoch_decoding(p, hop), p.shape[2]), "e")["e_f1_macro"]
+
+
+@register_sed_metric("psds1")
+def psds1_objective(ref: EventArrays, hop: float) -> FrameObjective:
+    return lambda p: psds(p, hop, ref, None, "psds1")
+
+
+@register_sed_metric("psds2")
+def psds2_objective(ref: EventArrays, hop: float) -> FrameObjective:
+    return lambda p: psds(p, hop, ref, None, "psds2")
+
+
+@dataclass
+class SedSelection:
+    """Member counts of the best prefix (`weights` sum to 1), the picks in order and each step's score."""
+
+    picks: list[int]
+    weights: np.ndarray
+    curve: list[float]
+    best_step: int
+
+
+def sed_greedy_selection(frames: np.ndarray, objective: FrameObjective, size: int = 20) -> SedSelection:
+    """Start from the best single member, then add (with replacement) the member whose addition scores best,
+    `size` picks in all; the prefix with the best score is kept (ties: the shorter)."""
+    m = frames.shape[0]
+    if m == 0:
+        raise ValueError("no members to select from")
+    if size < 1:
+        raise ValueError(f"size {size}: expected an integer >= 1")
+    total = np.zeros(frames.shape[1:], np.float64)
+    picks: list[int] = []
+    curve: list[float] = []
+    for step in range(size):
+        scores = [objective(((total + frames[i]) / (step + 1)).astype(np.float32)) for i in range(m)]
+        best = int(np.nanargmax(np.nan_to_num(np.asarray(scores, float), nan=-np.inf)))
+        picks.append(best)
+        curve.append(float(scores[best]))
+        total += frames[best]
+    best_step = int(np.argmax(curve))
+    counts = np.bincount(picks[: best_step + 1], minlength=m).astype(np.float64)
+    return SedSelection(picks, counts / counts.sum(), curve, best_step)
+
+
+def objective_of(name: str, ref: EventArrays, hop: float) -> FrameObjective:
+    """The registered objective `name`; KeyError lists the valid names."""
+    if name not in SED_SELECTION_METRICS:
+        raise KeyError(f"unknown SED selection metric {name!r}; valid: {', '.join(SED_SELECTION_METRICS)}")
+    return SED_SELECTION_METRICS[name](ref, hop)
