@@ -121,3 +121,21 @@ def test_ensemble_command_prints_the_sed_table(searched):
     for col in ("event F1", "seg F1", "seg ER", "PSDS1", "PSDS2", "valid*"):
         assert col in out, col
     assert out.index("ensemble methods on") < out.index("sound event detection on")
+
+
+def test_weakly_labelled_clips_train_only_their_clip_output():
+    """A tagged clip without events (DESED train/weak) adds no frame loss; a strong clip's frames do count."""
+    import torch
+
+    from harmonia.trainables.augmentations import Batch
+    from harmonia.trainables.tasks import SedStrategy, strong_clips
+
+    y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # weak (tag, no frames), strong, empty strong
+    yf = torch.zeros(3, 8, 2)
+    yf[1, 2:5, 0] = 1
+    assert strong_clips(y, yf).tolist() == [False, True, True]
+    frames = torch.full((3, 8, 2), 0.5, requires_grad=True)
+    clip = torch.full((3, 2), 0.5, requires_grad=True)
+    SedStrategy().loss((clip, frames), Batch(torch.zeros(3, 8, 4), y, yf), None, None).backward()
+    assert torch.all(frames.grad[0] == 0) and torch.any(frames.grad[1] != 0) and torch.any(frames.grad[2] != 0)
+    assert torch.all(clip.grad != 0)

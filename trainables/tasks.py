@@ -37,6 +37,13 @@ def pool_frame_targets(y_frames: torch.Tensor, t_out: int) -> torch.Tensor:
     return y
 
 
+def strong_clips(y: torch.Tensor, y_frames: torch.Tensor) -> torch.Tensor:
+    """[B] bool: clips whose frame targets can be trusted. A clip tagged (a tag >= 0.5) with no active frame is
+    weakly labelled (DESED's train/weak: tags, no onsets); its all-zero frames would teach "nothing is active",
+    so only its clip output is trained, as in the DCASE task 4 baselines."""
+    return ~((y.amax(1) >= 0.5) & (y_frames.amax((1, 2)) <= 0))
+
+
 def _bce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy(p.float().clamp(EPS, 1 - EPS), y)
 
@@ -91,7 +98,10 @@ class SedStrategy(TaskStrategy):
     def loss(self, out, batch, split, idx):
         clip, frames = out
         target = pool_frame_targets(batch.y_frames, frames.shape[1]).to(frames.device)
-        return _bce(clip, batch.y) + _bce(frames, target)
+        strong = strong_clips(batch.y, target)
+        if not bool(strong.any()):
+            return _bce(clip, batch.y)
+        return _bce(clip, batch.y) + _bce(frames[strong], target[strong])
 
     def evaluate(self, split, clip, frames, prefix, *, hop_seconds=None):
         out = tag_scores(split.y, clip, prefix)
