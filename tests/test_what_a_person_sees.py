@@ -214,3 +214,26 @@ def test_quickstart_summary_prints_commands_whole_outside_the_panel(monkeypatch,
     assert lines.index(f"  {command}") > panel_end, "the command is below the panel"
     assert not any("mlflow ui" in line for line in lines[:panel_end + 1])
     assert any("honest valid 0.4123 ± 0.0123" in line for line in lines[:panel_end])
+
+
+def test_ensemble_methods_table_fits_80_columns_and_the_export_command_is_one_line(monkeypatch):
+    """Every method of the registry, with the longest names and full run ids, fits 80 columns; the export
+    command stays whole on its own line."""
+    from harmonia.ensembles import tables
+    from harmonia.ensembles.methods import METHODS
+
+    console = _console()
+    monkeypatch.setattr(tables, "console", console)
+    setup = SimpleNamespace(describe=lambda: "5-fold x3 grouped by source")
+    lib = SimpleNamespace(run_ids=[f"{i:032x}" for i in range(16)], n_read=18)
+    reports = [SimpleNamespace(setup=setup, extra={}, library=lib)]
+    names = sorted(METHODS)
+    table = pd.DataFrame({"method": names, "honest": 0.7123, "honest_se": 0.0345, "valid_insample": 0.7456,
+                          "test": 0.6789, "members": 16, "recommended": [n == "per_class_selection" for n in names],
+                          "run_id": [f"{i:x}" * 32 for i in range(len(names))]})
+    tables.print_methods("quickstart", "mAP", reports, table, "anchored")
+    lines = _lines(console)
+    assert max(map(len, lines)) <= 80, [line for line in lines if len(line) > 80]
+    run_id = table.loc[table["recommended"], "run_id"].iloc[0]
+    assert f"harmonia export out/quickstart --run {run_id}" in lines
+    assert sum("per_class_selection *" in line for line in lines) == 1  # one row per method, never wrapped
