@@ -57,7 +57,7 @@ def gain_cost(sizes=(4, 16, 64, 256), n: int = 120, c: int = 10, size: int = 20,
     y = (rng.random((n, c)) < 0.2).astype(np.float32)
     print(f"gain per epoch (valid {n} clips x {c} classes, ensemble size {size}):")
     for m in sizes:
-        state = LibraryState(y, "mAP", size)
+        state = LibraryState(y, "mAP", greedy_ensemble_score, size)
         for i in range(m):
             state.add(f"r{i}", rng.random((n, c)).astype(np.float32))
         probe = rng.random((n, c)).astype(np.float32)

@@ -94,9 +94,18 @@ def _select(method: str, preds: np.ndarray, y: np.ndarray, metric: Metric, size:
                           None if curve is None else [float(metric.sign() * v) for v in curve])
 
 
-def greedy_ensemble_score(preds: np.ndarray, y: np.ndarray, size: int, metric: str) -> float:
-    """In-sample score of greedy selection with replacement (best prefix kept): the search's ensemble objective."""
-    return float(ensemble_selection(preds, y, size=size, metric=metric).score)
+def greedy_ensemble_score(preds: np.ndarray, y: np.ndarray, size: int, metric: str, folds: int = 5) -> float:
+    """Honest score of greedy selection with replacement, the search's ensemble objective: selected on K-1
+    folds of the clips, the metric of the pooled held-out predictions (never scored where it was fitted)."""
+    from harmonia.metrics import get_metric
+
+    fold = clip_folds(y, None, k=folds, seed=0)
+    pooled = np.zeros(y.shape, np.float64)
+    for k in np.unique(fold):
+        held = fold == k
+        weights = ensemble_selection(preds[:, ~held], y[~held], size=size, metric=metric).weights
+        pooled[held] = np.tensordot(weights, preds[:, held], axes=1)
+    return float(get_metric(metric).fn(y, pooled))
 
 
 @register_method("selection", sized=True, complexity=3)

@@ -1,7 +1,7 @@
 """The ensemble-aware objective (`search.objective: ensemble`): a named Ray actor holding the library.
 
 The actor holds the valid predictions of finished trials and the current greedy ensemble (selection with
-replacement, `ensembles/selection.py`, best prefix kept). Each epoch a trial sends its valid predictions
+replacement, best prefix kept, scored on held-out folds of valid by the injected rule). Each epoch a trial sends its valid predictions
 and gets its marginal gain: the score of the greedy ensemble over the library plus the trial minus the
 current ensemble's score (Lévesque, Gagné & Sabourin 2016: optimize each new trial for its contribution to
 the current ensemble). The greedy rule itself is the ensemble stage's: the app layer passes it in as `score` (an `EnsembleScore`,

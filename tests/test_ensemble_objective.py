@@ -23,6 +23,7 @@ def _hand_map(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def test_reported_gain_equals_the_gain_computed_by_hand_from_the_librarys_ensemble():
+    from harmonia.ensembles.honest import clip_folds
     from harmonia.ensembles.selection import ensemble_selection
     from harmonia.search.library_service import LibraryState
 
@@ -34,13 +35,24 @@ def test_reported_gain_equals_the_gain_computed_by_hand_from_the_librarys_ensemb
         state.add(f"r{i}", p[i])
     state.add("r0", p[0])  # a key is added once
     assert state.keys == ["r0", "r1", "r2", "r3"]
-    without = ensemble_selection(p[:4], y, size=6, metric="mAP").weights
-    with_trial = ensemble_selection(p, y, size=6, metric="mAP").weights
-    hand = _hand_map(y, np.tensordot(with_trial, p, axes=1)) - _hand_map(y, np.tensordot(without, p[:4], axes=1))
+    fold = clip_folds(y, None, k=5, seed=0)  # the ensemble is scored on folds it was not selected on
+
+    def held_out(preds):
+        pooled = np.zeros(y.shape)
+        for k in np.unique(fold):
+            h = fold == k
+            pooled[h] = np.tensordot(ensemble_selection(preds[:, ~h], y[~h], size=6, metric="mAP").weights,
+                                     preds[:, h], axes=1)
+        return _hand_map(y, pooled)
+
+    assert len(np.unique(fold)) == 5
+    hand = held_out(p) - held_out(p[:4])
     got = state.gain(p[4])
     assert got["library"] == 4
     assert got["gain"] == pytest.approx(hand, abs=1e-9)
-    assert got["objective"] == pytest.approx(_hand_map(y, np.tensordot(with_trial, p, axes=1)), abs=1e-9)
+    assert got["objective"] == pytest.approx(held_out(p), abs=1e-9)
+    insample = _hand_map(y, np.tensordot(ensemble_selection(p, y, size=6, metric="mAP").weights, p, axes=1))
+    assert got["objective"] < insample  # honest, not the in-sample score of weights fitted on the same clips
     assert state.gain(p[1])["gain"] == pytest.approx(0.0, abs=1e-12)  # a member already in the library adds nothing new
 
 
