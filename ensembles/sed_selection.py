@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 
 from harmonia.psds import psds
-from harmonia.sed_metrics import EventArrays, binary_median, event_counts, f_scores, frame_runs
-from harmonia.trainables.tasks import EPOCH_MEDIAN_SECONDS, EPOCH_THRESHOLD
+from harmonia.sed_metrics import EventArrays, event_counts, f_scores
+from harmonia.trainables.tasks import epoch_decoding
 
 FrameObjective = Callable[[np.ndarray], float]
 """Combined frame probabilities [N, T, C] → score, higher is better."""
@@ -31,13 +31,6 @@ def register_sed_metric(name: str):
         return fn
 
     return deco
-
-
-def epoch_decoding(probs: np.ndarray, hop: float) -> EventArrays:
-    """Events of frame probabilities at the trials' decoding: fixed threshold, then the median filter."""
-    median = max(1, int(round(EPOCH_MEDIAN_SECONDS / hop)) // 2 * 2 + 1)
-    active = binary_median((probs >= EPOCH_THRESHOLD).transpose(0, 2, 1), median).transpose(0, 2, 1)
-    return frame_runs(active, hop)
 
 
 @register_sed_metric("event_f1")

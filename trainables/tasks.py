@@ -17,7 +17,8 @@ from harmonia.featureset import FeatureSet, SplitArrays
 from harmonia.metrics import (accuracy, ctc_decode, f1_micro, log_loss, mean_average_precision, roc_auc_macro,
                               sequence_accuracy, with_blank)
 from harmonia.psds import psds_scores
-from harmonia.sed_metrics import binary_median, event_counts, f_scores, frame_runs, segment_counts, segment_scores
+from harmonia.sed_metrics import (EventArrays, binary_median, event_counts, f_scores, frame_runs, segment_counts,
+                                  segment_scores)
 from harmonia.trainables.augmentations import Batch
 
 EPS = 1e-7
@@ -110,15 +111,20 @@ class SedStrategy(TaskStrategy):
         return out
 
 
+def epoch_decoding(frames: np.ndarray, hop: float) -> EventArrays:
+    """Events of frame probabilities [N, T, C] at output hop `hop` by a trial's decoding: fixed threshold, then
+    a median filter of about EPOCH_MEDIAN_SECONDS (an odd number of frames)."""
+    median = max(1, int(round(EPOCH_MEDIAN_SECONDS / hop)) // 2 * 2 + 1)
+    return frame_runs(binary_median((frames >= EPOCH_THRESHOLD).transpose(0, 2, 1), median).transpose(0, 2, 1), hop)
+
+
 def sed_scores(y_frames: np.ndarray, frames: np.ndarray, hop_seconds: float, prefix: str) -> dict[str, float]:
     """Event F1 (micro, macro), segment F1 / ER of the epoch decoding, and PSDS1 / PSDS2 (threshold-free) of
     frame outputs [N, T', C] against the strong labels [N, T, C] at feature hop `hop_seconds` (events as the
     frame targets hold them, each edge within one hop of the annotation)."""
     hop = hop_seconds * max(1, y_frames.shape[1] // frames.shape[1])  # the model's output hop
     ref = frame_runs(y_frames, hop_seconds)
-    median = max(1, int(round(EPOCH_MEDIAN_SECONDS / hop)) // 2 * 2 + 1)
-    active = binary_median((frames >= EPOCH_THRESHOLD).transpose(0, 2, 1), median).transpose(0, 2, 1)
-    est = frame_runs(active, hop)
+    est = epoch_decoding(frames, hop)
     n, _, c = frames.shape
     out = {**f_scores(event_counts(ref, est, c), f"{prefix}_event"),
            **segment_scores(segment_counts(ref, est, n, c), f"{prefix}_segment"),
