@@ -11,8 +11,9 @@ from harmonia.progress import console
 
 
 def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], table: pd.DataFrame,
-                  rule: str = DEFAULT_RULE) -> None:
-    """The methods table (honest beside in-sample), the recommendation and its export command."""
+                  rule: str = DEFAULT_RULE, why: str | None = None) -> None:
+    """The methods table (honest beside in-sample), the recommendation and its export command; `why` replaces
+    the rule's explanation when something else chose (a budget)."""
     setup = reports[0].setup
     t = Table(title=f"ensemble methods on {experiment} ({metric})",
               caption=f"valid {metric}: honest = {setup.describe()} held-out folds ± s.e., in-sample = fitted on "
@@ -33,7 +34,7 @@ def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], t
                        "more than the paired standard error",
            "one_se": "the simplest method within one standard error of the best honest score",
            "paired_se": "the simplest method within one standard error (paired over folds) of the best honest score",
-           "best": "the best honest score"}[rule]
+           "best": "the best honest score"}[rule] if why is None else why
     console.print(f"* recommended: [bold]{best['method']}[/] ({why})")
     console.print("export it with:")
     console.print(f"harmonia export out/{experiment} --run {best['run_id']}", soft_wrap=True)

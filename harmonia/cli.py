@@ -222,7 +222,9 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
         table = budgeted.table
     if len(methods) == 1:  # the one method asked for, beside the best single model and the top-k average
         print_comparison(next(r for r in reports if r.method == methods[0]))
-    print_methods(experiment, metric, reports, table, rule)
+    within = budget is not None or max_members is not None
+    print_methods(experiment, metric, reports, table, rule,
+                  why="the best honest score among the ensembles within the budget" if within else None)
     if budgeted is not None:
         from harmonia.ensembles.budget import print_budget
 

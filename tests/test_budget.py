@@ -115,6 +115,9 @@ def test_cli_budget_exports_an_ensemble_within_the_budget(searched, tmp_path):
                               "--budget", f"{budget}ms", "--tracking-uri", cfg.tracking.uri])
     assert res.exit_code == 0, res.output
     assert "front" in res.output and f"within {budget:.3g} ms per clip: recommended" in res.output
+    said = " ".join(res.output.split())  # the console wraps long lines
+    assert "the best honest score among the ensembles within the budget" in said  # not the rule's reason
+    assert "the robust default" not in said
     recommended = c.search_runs([exp.experiment_id], filter_string="tags.`harmonia.recommended` = 'true'",
                                 order_by=["attributes.start_time DESC"])[0]
     out = tmp_path / "bundle"
