@@ -2,21 +2,27 @@
 
 From the trial predictions of a real search (a fixture under benchmarks/fixtures/, or an MLflow
 experiment), every method and the recommendation rule are refitted on R resamples of valid and
-scored on test, under two schemes:
+scored on test, under three schemes:
 - shift kept: bootstrap within valid and within test (whole source groups when the set has them),
   so valid and test keep coming from different recordings;
-- shift removed: random resplits of the pooled valid + test clips into the same sizes.
+- shift removed: random resplits of the pooled valid + test clips into the same sizes;
+- grouped resplit: random resplits of the pooled clips by whole source groups (valid and test still
+  from different recordings, but which recordings land in test is random, so the fixed split's own
+  difficulty gap between valid and test averages out and the estimators' optimism shows alone).
 Printed per candidate: mean test gain over the best single model (chosen on the same valid sample),
 the fraction of wins, the worst gain, and the mean optimism (honest valid score minus test, and
 in-sample valid score minus test), then the issue's targets with their measured values.
 
     python benchmarks/ensemble_validity.py benchmarks/fixtures/*.npz          # R=50 per scheme
     python benchmarks/ensemble_validity.py --experiment quickstart --save benchmarks/fixtures/quickstart.npz
+    python benchmarks/ensemble_validity.py benchmarks/fixtures/*.npz --dump /tmp/validity   # keep per-resample results
+    python benchmarks/ensemble_validity.py --from-dump /tmp/validity/*.json                 # re-apply the rules only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -80,8 +86,22 @@ def evaluate(args: tuple) -> dict:
     picks = {label: recommend(cands, metric, rule) for label, rule in RULES.items()}
     picks["in-sample best (old CLI rule)"] = max(METHODS, key=lambda n: m.sign() * out[n]["insample"])
     for r in out.values():
-        del r["score"]
+        r["score"] = r["score"].to_dict() | {"boot": [float(b) for b in r["score"].boot]}
     return {"methods": out, "picks": picks}
+
+
+def repick(result: dict, metric: str) -> dict:
+    """The rules re-applied to one saved resample (its honest scores and bootstrap replicates)."""
+    from harmonia.ensembles.honest import Candidate, HonestScore, recommend
+    from harmonia.ensembles.methods import METHOD_INFO
+
+    def honest(d: dict) -> HonestScore:
+        return HonestScore(d["score"], d["boot"], d["folds"], d["grouped"], d["f1"])
+
+    cands = [Candidate(n, METHOD_INFO[n].complexity, honest(result["methods"][n]["score"])) for n in METHODS]
+    picks = {label: recommend(cands, metric, rule) for label, rule in RULES.items()}
+    picks["in-sample best (old CLI rule)"] = result["picks"]["in-sample best (old CLI rule)"]
+    return {"methods": result["methods"], "picks": picks}
 
 
 def resamples(lib: dict, scheme: str, r: int, seed: int):
@@ -98,9 +118,26 @@ def resamples(lib: dict, scheme: str, r: int, seed: int):
             yield v[:, iv], yv[iv], gv[iv], t[:, it], yt[it]
         else:
             pv, py, pg = np.concatenate([v, t], 1), np.concatenate([yv, yt]), np.concatenate([gv, gt])
-            order = rng.permutation(len(py))
-            a, b = order[: len(yv)], order[len(yv):]
+            a, b = grouped_split(pg, len(yv), rng) if scheme == "grouped resplit" else _halves(rng, len(py), len(yv))
             yield pv[:, a], py[a], pg[a], pv[:, b], py[b]
+
+
+def _halves(rng: np.random.Generator, n: int, n_valid: int) -> tuple[np.ndarray, np.ndarray]:
+    order = rng.permutation(n)
+    return order[:n_valid], order[n_valid:]
+
+
+def grouped_split(groups: np.ndarray, n_valid: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Whole groups in a random order to valid until it holds about ``n_valid`` clips; the rest to test."""
+    names = np.unique(groups)
+    valid, size = [], 0
+    for name in rng.permutation(names):
+        count = int(np.sum(groups == name))
+        if size + count / 2 <= n_valid:  # take the group if that lands nearer the target than leaving it
+            valid.append(name)
+            size += count
+    in_valid = np.isin(groups, valid)
+    return np.flatnonzero(in_valid), np.flatnonzero(~in_valid)
 
 
 def summarize(results: list[dict]) -> tuple[list[dict], dict]:
@@ -131,27 +168,44 @@ def print_table(title: str, rows: list[dict]) -> None:
               f"| {r['honest_opt']:+.3f} | {r['insample_opt']:+.3f} | {r['picked']} |")
 
 
-def targets(name: str, kept: list[dict], removed: list[dict], realistic: bool) -> None:
-    """The issue's targets on this set, each with its measured value."""
-    by = {r["candidate"]: r for r in kept}
-    rec = by[RECOMMENDED]
-    robust = max(by["bagged_selection"]["gain"], by["average"]["gain"])
-    checks = [("recommendation mean gain >= -0.005 (shift kept)", rec["gain"], rec["gain"] >= -0.005),
-              ("no recommendation below best single by > 0.03 (shift kept)", rec["worst"], rec["worst"] >= -0.03),
-              ("honest optimism of the recommendation within ±0.02", rec["honest_opt"], abs(rec["honest_opt"]) <= 0.02)]
-    if realistic:
-        checks += [("realistic synthetic: mean gain >= +0.01", rec["gain"], rec["gain"] >= 0.01),
-                   ("realistic synthetic: wins >= 80 %", rec["wins"], rec["wins"] >= 0.8)]
-    if robust >= 0.01:
-        at_least = (rec["gains"] >= by["average"]["gains"] - 1e-12).mean()
-        checks.append(("robust methods gain: recommendation >= average in >= 80 % of resamples", at_least,
-                       at_least >= 0.8))
-    rrec = {r["candidate"]: r for r in removed}[RECOMMENDED]
-    checks.append(("shift removed: recommendation wins in >= 90 % of resplits where any method gains",
-                   rrec["wins_where_any"], rrec["wins_where_any"] >= 0.9))
+def targets(name: str, tables: dict[str, list[dict]], realistic: bool) -> None:
+    """The issue's targets on this set, each with its measured value; the shift-kept ones under each
+    shift-kept scheme that ran (bootstrap within the fixed split, and grouped resplits)."""
+    checks = []
+    for scheme in [s for s in ("shift kept", "grouped resplit") if s in tables]:
+        by = {r["candidate"]: r for r in tables[scheme]}
+        rec = by[RECOMMENDED]
+        robust = max(by["bagged_selection"]["gain"], by["average"]["gain"])
+        checks += [(f"{scheme}: recommendation mean gain >= -0.005", rec["gain"], rec["gain"] >= -0.005),
+                   (f"{scheme}: no recommendation below best single by > 0.03", rec["worst"], rec["worst"] >= -0.03),
+                   (f"{scheme}: honest optimism of the recommendation within ±0.02", rec["honest_opt"],
+                    abs(rec["honest_opt"]) <= 0.02)]
+        if realistic:
+            checks += [(f"{scheme}: realistic synthetic: mean gain >= +0.01", rec["gain"], rec["gain"] >= 0.01),
+                       (f"{scheme}: realistic synthetic: wins >= 80 %", rec["wins"], rec["wins"] >= 0.8)]
+        if robust >= 0.01:
+            at_least = (rec["gains"] >= by["average"]["gains"] - 1e-12).mean()
+            checks.append((f"{scheme}: robust methods gain: recommendation >= average in >= 80 % of resamples",
+                           at_least, at_least >= 0.8))
+    if "shift removed" in tables:
+        rrec = {r["candidate"]: r for r in tables["shift removed"]}[RECOMMENDED]
+        checks.append(("shift removed: recommendation wins in >= 90 % of resplits where any method gains",
+                       rrec["wins_where_any"], rrec["wins_where_any"] >= 0.9))
     print(f"\ntargets on {name}:")
     for what, value, ok in checks:
         print(f"  [{'met' if ok else 'MISSED'}] {what}: {value:+.3f}")
+
+
+SCHEMES = ("shift kept", "shift removed", "grouped resplit")
+
+
+def report(name: str, results: dict[str, list[dict]], metric: str) -> None:
+    """Every scheme's table and the targets, from per-resample results."""
+    tables = {}
+    for scheme, res in results.items():
+        tables[scheme], _ = summarize(res)
+        print_table(f"{name}, {scheme} ({metric}; gain = test minus the best single model's test)", tables[scheme])
+    targets(name, tables, realistic="shift" in name)
 
 
 def main() -> None:
@@ -164,25 +218,36 @@ def main() -> None:
     ap.add_argument("--metric", default="mAP")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
+    ap.add_argument("--dump", type=Path, help="write each set's per-resample results to DIR/<set>.json")
+    ap.add_argument("--from-dump", nargs="+", type=Path, default=[],
+                    help="re-apply the rules to saved results (no refitting) and print the tables")
     args = ap.parse_args()
     if args.experiment:
         save_library(args.tracking_uri, args.experiment, args.save or Path(f"benchmarks/fixtures/{args.experiment}.npz"))
         if not args.fixtures:
             return
+    for path in args.from_dump:
+        saved = json.loads(path.read_text())
+        print(f"\n## {path.stem} (rules re-applied to saved results)")
+        report(path.stem, {k: [repick(r, saved["metric"]) for r in v] for k, v in saved["results"].items()},
+               saved["metric"])
     for path in args.fixtures:
         lib = dict(np.load(path, allow_pickle=False))
         m, nv, c = lib["valid"].shape
         print(f"\n## {path.stem}: {m} members, {nv} valid / {lib['test'].shape[1]} test clips, {c} classes, "
               f"{len(set(lib['groups_valid']))} valid groups; R={args.resamples} per scheme")
         t0 = time.time()
-        tables = {}
+        results = {}
         with ProcessPoolExecutor(args.workers) as pool:
-            for scheme in ("shift kept", "shift removed"):
+            for scheme in args.schemes:
                 jobs = [(*s, args.metric) for s in resamples(lib, scheme, args.resamples, args.seed)]
-                tables[scheme], _ = summarize(list(pool.map(evaluate, jobs)))
-                print_table(f"{path.stem}, {scheme} ({args.metric}; gain = test minus the best single model's test)",
-                            tables[scheme])
-        targets(path.stem, tables["shift kept"], tables["shift removed"], realistic="shift" in path.stem)
+                results[scheme] = list(pool.map(evaluate, jobs))
+                if args.dump:
+                    args.dump.mkdir(parents=True, exist_ok=True)
+                    (args.dump / f"{path.stem}.json").write_text(json.dumps(
+                        {"metric": args.metric, "resamples": args.resamples, "results": results}))
+        report(path.stem, results, args.metric)
         print(f"({time.time() - t0:.0f} s)")
 
 
