@@ -8,7 +8,8 @@ class's source recordings are split between train, valid and test (never shared)
 than three recordings has its longest recording cut into disjoint time regions. Every clip's `group`
 is its loudest event's source recording (its background recording when it has no events).
 SOURCES.md and sources.json in the output record packages, versions, licences and the recordings
-of every split. Same arguments give byte-identical files.
+of every split. `--classes` keeps the events of some classes only (each keeps its split of recordings).
+Same arguments give byte-identical files.
 
     python benchmarks/real_audio.py --out /work/bench_data/real300 --clips 300 --seed 0 --task tagging
 """
@@ -172,17 +173,21 @@ def assign_splits(label: str, items: list[tuple[str, str, Path, str]], audio: di
     return out
 
 
-def load_sources(cache: Path, seed: int) -> tuple[dict[str, dict], list[Recording], dict[str, np.ndarray]]:
-    """Packages (version, licences, deb), every recording with its split, and recording id -> samples."""
+def load_sources(cache: Path, seed: int, classes: tuple[str, ...] = tuple(CLASS_SOURCES),
+                 ) -> tuple[dict[str, dict], list[Recording], dict[str, np.ndarray]]:
+    """Packages (version, licences, deb), every recording of `classes` with its split, and recording id ->
+    samples. A class's split of its recordings does not depend on which other classes are chosen."""
     packages: dict[str, dict] = {}
     roots: dict[str, Path] = {}
-    for name in sorted({p for srcs in CLASS_SOURCES.values() for p, _ in srcs}):
+    for name in sorted({p for c in classes for p, _ in CLASS_SOURCES[c]}):
         deb, roots[name] = fetch_package(name, cache)
         text = copyright_file(roots[name], name).read_text(errors="replace")
         packages[name] = {"version": deb_version(deb), "deb": deb.name, "licences": set(), "copyright": text}
     recordings: list[Recording] = []
     samples: dict[str, np.ndarray] = {}
     for index, (label, sources) in enumerate(CLASS_SOURCES.items()):
+        if label not in classes:
+            continue
         items, audio = [], {}
         for package, pattern in sources:
             for file in sorted(roots[package].glob(pattern)):
@@ -249,15 +254,27 @@ def mix_clip(rng: np.random.Generator, labels: list[str], pools: dict[str, list[
     return y.astype(np.float32), sorted(events, key=lambda e: (e.onset, e.offset, e.label)), group
 
 
-def build(out: Path, clips: int, seed: int, task: str, cache: Path = CACHE) -> dict:
-    """Write the benchmark set under `out`; returns the sources record written to sources.json."""
+def chosen_classes(classes: tuple[str, ...] | None) -> list[str]:
+    """`classes` in CLASS_SOURCES order (all of them when None); ValueError naming an unknown one."""
+    if classes is None:
+        return list(CLASS_SOURCES)
+    unknown = sorted(set(classes) - set(CLASS_SOURCES))
+    if unknown or not classes:
+        raise ValueError(f"classes: unknown {', '.join(unknown) or '(none given)'}; valid: {', '.join(CLASS_SOURCES)}")
+    return [c for c in CLASS_SOURCES if c in classes]
+
+
+def build(out: Path, clips: int, seed: int, task: str, cache: Path = CACHE,
+          classes: tuple[str, ...] | None = None) -> dict:
+    """Write the benchmark set under `out` (events of `classes` only, when given); returns the sources record
+    written to sources.json."""
     if task not in ("tagging", "sed"):
         raise ValueError(f"task must be tagging or sed, got {task!r}")
+    classes = chosen_classes(classes)
     if (out / "audio").exists() or (out / "metadata").exists():
         raise ValueError(f"{out} already holds a dataset (audio/ or metadata/): choose a new folder or remove it")
     t0 = time.time()
-    packages, recordings, samples = load_sources(cache, seed)
-    classes = list(CLASS_SOURCES)
+    packages, recordings, samples = load_sources(cache, seed, tuple(classes))
     rng = np.random.default_rng([seed, 0xA0D10])
     plans, groups, beds = [], {}, {}
     index = 0
@@ -290,8 +307,9 @@ def build(out: Path, clips: int, seed: int, task: str, cache: Path = CACHE) -> d
 
 def sources_markdown(record: dict) -> str:
     """SOURCES.md: packages with versions and licences, then each class's recordings per split."""
+    subset = "" if record["classes"] == list(CLASS_SOURCES) else f" --classes {','.join(record['classes'])}"
     lines = ["# Sources", "", f"Built by `benchmarks/real_audio.py --clips {record['clips']} --seed {record['seed']} "
-             f"--task {record['task']}` from Debian packages (`apt-get download`, `dpkg-deb -x`).", "",
+             f"--task {record['task']}{subset}` from Debian packages (`apt-get download`, `dpkg-deb -x`).", "",
              "| package | version | licences |", "|---|---|---|"]
     lines += [f"| {k} | {v['version']} | {', '.join(v['licences'])} |" for k, v in record["packages"].items()]
     lines += ["", "Each clip's `group` (metadata TSVs) is its loudest event's recording id, or its background "
@@ -315,9 +333,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", choices=("tagging", "sed"), default="tagging")
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"package cache (default {CACHE})")
+    parser.add_argument("--classes", type=lambda s: tuple(c.strip() for c in s.split(",") if c.strip()),
+                        help=f"comma-separated subset of: {', '.join(CLASS_SOURCES)} (default all)")
     args = parser.parse_args(argv)
     try:
-        build(args.out, args.clips, args.seed, args.task, args.cache)
+        build(args.out, args.clips, args.seed, args.task, args.cache, args.classes)
     except (DownloadError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
 

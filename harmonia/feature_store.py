@@ -4,11 +4,13 @@ into one consolidated, normalized .npy under the feature cache, and the object s
 
 Layout: `cache_dir/<config hash>/sets/<set key>/` with `<split>.x.npy` [N, T, F] float32 (normalized
 as the in-memory FeatureSet is, the same bits), `<split>.y.npy`, `<split>.y_frames.npy`,
-`<split>.y_seq.npy`, `train@<copy>.x.npy` (+ `.y_frames.npy`) per waveform copy, and `meta.json`
-(classes, feature dict, normalizer, frames, clip ids, copy names, key). The key hashes the feature
-config, the clip length, every clip's file content hash, the copies and the targets, so the folder
-is reused by a later search on the same data and never serves stale rows. It is written under a
-temporary name and renamed into place: a folder with `meta.json` is complete. `meta.json` also holds
+`<split>.y_seq.npy`, `<split>.verified.npy` (FSDKaggle2018's manually_verified, where the format has it),
+`train@<copy>.x.npy` (+ `.y_frames.npy`) per waveform copy, `unlabeled.x.npy` (a semi-supervised search's
+`unlabeled` clips), and `meta.json` (classes, feature dict, normalizer, frames, clip ids, unlabelled clip
+ids, copy names, key). The key hashes the feature config, the clip length, every clip's file content
+hash (the unlabelled clips' too), the copies, the targets and the verified flags, so the folder is
+reused by a later search on the same data and never serves stale rows. It is written under a temporary
+name and renamed into place: a folder with `meta.json` is complete. `meta.json` also holds
 each file's CRC-32: the driver checks them before a search reuses a folder (one that fails is reported
 and rebuilt), and the cache entries are checked as they are stacked (`FeatureCache.reread`). Trials map
 the files unchecked: a check there would read the whole set once per trial.
@@ -27,7 +29,7 @@ import os
 import shutil
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ from harmonia.config import FeatureConfig
 from harmonia.data.datasets import Dataset
 from harmonia.features import FeatureCache, Normalizer, WaveCopy, row_chunks, stack_frames, wave_copies
 from harmonia.featureset import (FeatureSet, SplitArrays, build_feature_set, frame_targets, recorded_feature,
-                                 scale_events, split_ids, split_targets)
+                                 scale_events, split_ids, split_targets, verified_flags)
 from harmonia.progress import console, progress_bar
 
 META_FILE = "meta.json"
@@ -58,8 +60,11 @@ class MappedFeatureSet:
         d = Path(self.root)
         splits = {name: open_split(d, name, ids) for name, ids in meta["clip_ids"].items()}
         copies = [open_copy(d, splits["train"], name) for name in meta["copy_names"]]
+        u_ids = list(meta.get("unlabeled_ids", []))
+        unlabeled = SplitArrays(u_ids, np.load(d / "unlabeled.x.npy", mmap_mode="r"),
+                                np.zeros((len(u_ids), len(meta["classes"])), np.float32)) if u_ids else None
         return FeatureSet(meta["classes"], meta["feature"], Normalizer.from_dict(meta["normalizer"]),
-                          int(meta["frames"]), splits, copies, list(meta["copy_names"]))
+                          int(meta["frames"]), splits, copies, list(meta["copy_names"]), unlabeled)
 
 
 def read_meta(root: Path, key: str) -> dict:
@@ -79,12 +84,14 @@ def read_meta(root: Path, key: str) -> dict:
 
 
 def open_split(d: Path, name: str, ids: list[str]) -> SplitArrays:
-    """One split's arrays: features and frame targets memory-mapped, clip and sequence targets loaded."""
+    """One split's arrays: features and frame targets memory-mapped, clip and sequence targets and the
+    verified flags loaded."""
     x = np.load(d / f"{name}.x.npy", mmap_mode="r")
     y = np.load(d / f"{name}.y.npy")
     yf = np.load(d / f"{name}.y_frames.npy", mmap_mode="r") if (d / f"{name}.y_frames.npy").is_file() else None
     ys = np.load(d / f"{name}.y_seq.npy") if (d / f"{name}.y_seq.npy").is_file() else None
-    return SplitArrays(list(ids), x, y, yf, ys)
+    verified = np.load(d / f"{name}.verified.npy") if (d / f"{name}.verified.npy").is_file() else None
+    return SplitArrays(list(ids), x, y, yf, ys, verified)
 
 
 def open_copy(d: Path, train: SplitArrays, name: str) -> SplitArrays:
@@ -107,16 +114,21 @@ class CacheScan:
     has_frames: bool  # strong labels: frame targets [N, T, C] uint8 per split and copy
     n_classes: int
     cache: FeatureCache  # knows each entry's audio file: an entry altered since the scan is rebuilt from it
+    unlabeled_ids: list[str] = field(default_factory=list)  # entries["unlabeled"]: features only, no targets
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the in-memory FeatureSet: features (float32) and frame targets (uint8) of every row."""
+        """Bytes of the in-memory FeatureSet: features (float32) of every row, frame targets (uint8) of the
+        labelled ones."""
         rows = sum(len(e) for e in self.entries.values())
-        return rows * self.frames * (4 * self.cfg.n_features + (self.n_classes if self.has_frames else 0))
+        labelled = rows - len(self.unlabeled_ids)
+        return self.frames * (rows * 4 * self.cfg.n_features + (labelled * self.n_classes if self.has_frames else 0))
 
 
-def scan_cache(ds: Dataset, cfg: FeatureConfig, workers: int | None = None, progress: bool = True) -> CacheScan:
-    """Fill the cache for train/valid/test (and the train copies) without holding any array in memory."""
+def scan_cache(ds: Dataset, cfg: FeatureConfig, workers: int | None = None, progress: bool = True,
+               unlabeled: bool = False) -> CacheScan:
+    """Fill the cache for train/valid/test (and the train copies; with `unlabeled`, the `unlabeled` split's
+    clips) without holding any array in memory."""
     cache, copies = FeatureCache(cfg), wave_copies(cfg.augmented_copies)
     ids_of = split_ids(ds)
     path_of = dict(zip(ds.clips["clip_id"], ds.clips["path"]))
@@ -129,14 +141,20 @@ def scan_cache(ds: Dataset, cfg: FeatureConfig, workers: int | None = None, prog
         if split == "train":
             entries |= {f"train@{c.name}": [r[j] for r in rows] for j, c in enumerate(copies, start=1)}
             lengths = [s[0][0] for s in shapes]
+    u_ids = list(ds.clips.loc[ds.clips["split"] == "unlabeled", "clip_id"]) if unlabeled else []
+    if u_ids:
+        entries["unlabeled"] = [r[0] for r in cache.fill([path_of[i] for i in u_ids], (None,), workers=workers,
+                                                         progress=progress)[0]]
     # The clip length (median over train) as build_feature_set fits it.
-    return CacheScan(cfg, ids_of, entries, int(np.median(lengths)), copies, ds.has_strong, len(ds.classes), cache)
+    return CacheScan(cfg, ids_of, entries, int(np.median(lengths)), copies, ds.has_strong, len(ds.classes), cache,
+                     u_ids)
 
 
 def set_key(scan: CacheScan, targets: dict[str, tuple]) -> str:
     """Hash of everything the consolidated files hold: features config, clip length, clip contents, targets."""
     h = hashlib.sha256(json.dumps({"features": scan.cfg.key(), "frames": scan.frames, "ids": scan.ids_of,
-                                   "entries": {k: [p.name for p in v] for k, v in scan.entries.items()}},
+                                   "entries": {k: [p.name for p in v] for k, v in scan.entries.items()},
+                                   **({"unlabeled": scan.unlabeled_ids} if scan.unlabeled_ids else {})},
                                   sort_keys=True).encode())
     for name in sorted(targets):
         for a in targets[name]:
@@ -168,22 +186,26 @@ def save_optional(path: Path, a: np.ndarray | None) -> None:
 
 
 def build_mapped_feature_set(ds: Dataset, cfg: FeatureConfig, scan: CacheScan | None = None,
-                             progress: bool = True, workers: int | None = None) -> MappedFeatureSet:
-    """The consolidated files of `build_feature_set(ds, cfg)` (same values), reused when already written."""
-    scan = scan or scan_cache(ds, cfg, workers, progress)
+                             progress: bool = True, workers: int | None = None,
+                             unlabeled: bool = False) -> MappedFeatureSet:
+    """The consolidated files of `build_feature_set(ds, cfg, unlabeled=unlabeled)` (same values), reused when
+    already written; a given `scan` decides the unlabelled clips itself."""
+    scan = scan or scan_cache(ds, cfg, workers, progress, unlabeled)
     hop = cfg.hop_seconds
     targets = {split: split_targets(ds, split, ids, scan.frames, hop) for split, ids in scan.ids_of.items()}
+    verified = {split: v for split in scan.ids_of if (v := verified_flags(ds, split)) is not None}
     copy_frames = {c.name: frame_targets(scale_events(ds.events, c.time_scale), scan.ids_of["train"],
                                          list(ds.classes), scan.frames, hop) if ds.has_strong else None
                    for c in scan.copies}
-    key = set_key(scan, {**targets, **{f"train@{k}": (v,) for k, v in copy_frames.items()}})
+    key = set_key(scan, {**targets, **{f"train@{k}": (v,) for k, v in copy_frames.items()},
+                         **{f"{k}.verified": (v,) for k, v in verified.items()}})
     final = FeatureCache(cfg).dir / "sets" / key
     if (final / META_FILE).is_file() and set_intact(final):
         return MappedFeatureSet(str(final), key)
     tmp = final.parent / f".{key}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir(parents=True)  # with the umask's permissions: other users' nodes may read a shared cache
     try:
-        meta = write_set(tmp, scan, targets, copy_frames, progress)
+        meta = write_set(tmp, scan, targets, copy_frames, progress, verified)
         meta.update(key=key, classes=list(ds.classes), feature=recorded_feature(cfg))
         (tmp / META_FILE).write_text(json.dumps(meta))
         try:
@@ -196,8 +218,10 @@ def build_mapped_feature_set(ds: Dataset, cfg: FeatureConfig, scan: CacheScan | 
     return MappedFeatureSet(str(final), key)
 
 
-def write_set(d: Path, scan: CacheScan, targets: dict, copy_frames: dict, progress: bool) -> dict:
-    """Write every split's and copy's features (normalized with the train statistics) and targets into d."""
+def write_set(d: Path, scan: CacheScan, targets: dict, copy_frames: dict, progress: bool,
+              verified: dict[str, np.ndarray] | None = None) -> dict:
+    """Write every split's and copy's features (normalized with the train statistics), targets and verified
+    flags into d."""
     rows = sum(len(e) for e in scan.entries.values())
     with progress_bar(f"memory-mapped features ({rows} rows)", rows, enabled=progress) as advance:
         mms = {name: write_stacked(d / f"{name}.x.npy", e, scan.frames, scan.cache, advance)
@@ -207,11 +231,14 @@ def write_set(d: Path, scan: CacheScan, targets: dict, copy_frames: dict, progre
         normalize_in_place(mm, norm)
     del mms
     for split, arrays in targets.items():
-        for name, a in zip(TARGETS, arrays):
+        for name, a in zip(TARGETS, arrays, strict=True):
             save_optional(d / f"{split}.{name}.npy", a)
+    for split, flags in (verified or {}).items():
+        save_optional(d / f"{split}.verified.npy", flags)
     for name, yf in copy_frames.items():
         save_optional(d / f"train@{name}.y_frames.npy", yf)
     return {"frames": scan.frames, "normalizer": norm.to_dict(), "clip_ids": scan.ids_of,
+            "unlabeled_ids": scan.unlabeled_ids,
             "copy_names": [c.name for c in scan.copies],
             "checksums": {f.name: file_crc32(f) for f in sorted(d.glob("*.npy"))}}
 
@@ -243,15 +270,11 @@ def load_feature_sets(ds: Dataset, cfg: FeatureConfig, kinds: list[str], progres
                       workers: int | None = None, unlabeled: bool = False) -> dict[str, "FeatureSet | MappedFeatureSet"]:
     """kind → FeatureSet, as `build_feature_sets`, while all kinds together fit `cfg.memory_budget_mb`;
     above it kind → MappedFeatureSet (each trial memory-maps its kind's files; see the module docstring).
-    `unlabeled` (a semi-supervised search) adds the `unlabeled` clips' features, in memory only."""
+    `unlabeled` (a semi-supervised search) adds the `unlabeled` clips' features, counted in the budget."""
     cfgs = {k: cfg.model_copy(update={"kind": k}) for k in dict.fromkeys(kinds)}
-    scans = {k: scan_cache(ds, c, workers, progress) for k, c in cfgs.items()}
+    scans = {k: scan_cache(ds, c, workers, progress, unlabeled) for k, c in cfgs.items()}
     total = sum(s.nbytes for s in scans.values())
-    if total <= cfg.memory_budget_mb * 2**20 or unlabeled:
-        if unlabeled and total > cfg.memory_budget_mb * 2**20 and progress:
-            console.print(f"features: {total / 2**20:.0f} MB > features.memory_budget_mb={cfg.memory_budget_mb:g}, "
-                          "held in memory all the same: semi-supervised trials need the unlabeled clips' features "
-                          "there (memory-mapped ones do not carry them yet)")
+    if total <= cfg.memory_budget_mb * 2**20:
         return {k: build_feature_set(ds, c, progress=progress, workers=workers, unlabeled=unlabeled)
                 for k, c in cfgs.items()}
     if progress:

@@ -110,3 +110,20 @@ def test_same_seed_same_bytes(built, tmp_path: Path):
     assert all((out / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in files)
     with pytest.raises(ValueError, match="already holds"):
         ra.build(out, clips=20, seed=5, task="sed")
+
+
+def test_a_class_subset_keeps_each_class_recordings_and_split(built, tmp_path: Path):
+    _, full = built
+    record = ra.build(tmp_path / "subset", clips=20, seed=5, task="sed", classes=("clock", "music"))
+    assert record["classes"] == ["music", "clock"]  # CLASS_SOURCES order
+    assert (tmp_path / "subset" / "metadata" / "classes.txt").read_text().split() == ["music", "clock"]
+    labels = set()
+    for split in SPLITS:
+        strong = pd.read_csv(tmp_path / "subset" / "metadata" / f"{split}.tsv", sep="\t", dtype=str, keep_default_na=False)
+        labels |= set(strong["event_label"]) - {""}
+    assert labels == {"music", "clock"}
+    assert record["recordings"] == [r for r in full["recordings"] if r["label"] in ("music", "clock")]
+    assert set(record["packages"]) == {"asterisk-moh-opsound-wav", "heroes-sound-effects"}
+    assert "--classes music,clock" in (tmp_path / "subset" / "SOURCES.md").read_text()
+    with pytest.raises(ValueError, match="unknown bird; valid: speech, music"):
+        ra.build(tmp_path / "bad", clips=20, seed=5, task="sed", classes=("clock", "bird"))
