@@ -1,7 +1,9 @@
 """AudioSet-size greedy selection (M=1000, N=20000, C=527, K=50, mAP) sharded over local Ray workers.
 
 The library is generated inside the workers class by class (the driver never holds it), as 8-bit
-scores stored as uint8 codes and a palette (1 byte a cell, the same values: exact). It is timed with
+scores with a dyadic step: uint8 codes 0..255 of the palette ``codes / 256`` (1 byte a cell, the same
+values: exact). Every score is an integer multiple of 2**-8, so the workers count instead of sorting
+(`harmonia.ensembles.selection_counting`, path "sharded-counting"). It is timed with
 1 and with 2 local workers (one class block each); the per-step time, the 2-vs-1 ratio and the peak
 memory (driver + workers) are printed. On a shared machine, run a reduced number of steps
 (``--run-steps``) and/or models (``--models``): the per-step time and the library memory grow linearly
@@ -24,11 +26,12 @@ from harmonia.ensembles.selection_core import greedy_loop
 from harmonia.ensembles.selection_metrics import CLASS_SCORERS
 from harmonia.metrics import get_metric
 
-PALETTE = (np.arange(256) / 255).astype(np.float32)
+PALETTE = (np.arange(256) / 256).astype(np.float32)
+"""8-bit scores on a dyadic step: code / 256, exact in float32 and float64."""
 
 
 def class_library(c: int, m: int, n: int, seed: int, families: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Class ``c`` of the synthetic library: uint8 codes [M, N] of sigmoid scores and labels [N]."""
+    """Class ``c`` of the synthetic library: uint8 codes [M, N] (256 * sigmoid rounded into 0..255), labels [N]."""
     rng = np.random.default_rng([seed, c])
     y = rng.random(n) < rng.uniform(0.01, 0.1)
     clip = np.where(y, 1.2, -1.2).astype(np.float32) + rng.standard_normal(n, dtype=np.float32)
@@ -36,7 +39,7 @@ def class_library(c: int, m: int, n: int, seed: int, families: int = 10) -> tupl
     skill = np.random.default_rng([seed, 10**6]).uniform(0.4, 1.6, (m, 1)).astype(np.float32)
     fam = np.random.default_rng([seed, 10**6 + 1]).integers(0, families, m)
     logits = skill * clip[None] + 0.8 * family[fam] + rng.standard_normal((m, n), dtype=np.float32) - 2.0
-    return np.rint(255 / (1 + np.exp(-logits))).astype(np.uint8), y
+    return np.minimum(np.rint(256 / (1 + np.exp(-logits))), 255).astype(np.uint8), y
 
 
 def generator(m: int, n: int, seed: int):
@@ -72,13 +75,15 @@ def run(workers_n: int, m: int, n: int, c: int, steps: int, seed: int) -> dict:
     n_cells = sum(ray.get([w.n_cells.remote() for w in workers]))
     t_gen = time.perf_counter() - t0
     lib = TimedLibrary(workers, m, n_cells, CLASS_SCORERS["mAP"])
+    if all(ray.get([w.counting.remote() for w in workers])):
+        lib.path = "sharded-counting"
     sel = greedy_loop(lib, steps, metric, 1, False)
     peaks = ray.get([w.peak_rss.remote() for w in workers])
     for w in workers:
         ray.kill(w)
     per_step = float(np.mean(lib.times[1:])) if len(lib.times) > 1 else lib.times[0]
     print(f"{workers_n} worker(s): library generated in {t_gen:.1f} s; init {lib.times[0]:.2f} s; "
-          f"{per_step:.2f} s per greedy step (mean of {len(lib.times) - 1}); worker peak RSS "
+          f"{per_step:.2f} s per greedy step (mean of {len(lib.times) - 1}, path {lib.path}); worker peak RSS "
           f"{', '.join(f'{p / 2**30:.2f}' for p in peaks)} GiB; picks {sel.picks}", flush=True)
     return {"per_step": per_step, "init": lib.times[0], "peaks": peaks, "picks": sel.picks}
 

@@ -3,7 +3,8 @@
 The loop and its tie rules are in `harmonia.ensembles.selection_core` (dcase2018_workshop_proceedings.txt
 L2790-2808, digest §4); this module scores candidates in this process. Registered metrics with a
 vectorized scorer (`selection_metrics`: mAP, ROC AUC, micro F1, lwlrap) score every candidate of a
-step at once; other metrics make one metric call per candidate, and ``Selection.path`` says which.
+step at once ("counting" where the scores lie on a power-of-two grid, `selection_counting`); other
+metrics make one metric call per candidate, and ``Selection.path`` says which.
 Libraries larger than ``memory_limit`` are refused here and go to `harmonia.ensembles.sharded`
 (``shards=``, ``address=``). Everything is fitted on the data passed in (the caller's valid).
 """
@@ -62,6 +63,7 @@ class _InProcess:
             check_memory(preds, memory_limit)
         if self.kind == "class" and not self.small:
             self.block = CLASS_SCORERS[metric.name](class_major(preds, 0, preds.shape[2]), y, exact, n_threads)
+            self.path = "counting" if self.block.grid is not None else self.path
         elif self.kind == "lwlrap":
             self.lwlrap = LwlrapScorer(preds, y)
 

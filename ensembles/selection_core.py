@@ -29,7 +29,8 @@ class Selection:
 
     ``curve[0]`` is the initial ensemble's score, ``curve[i]`` the score after greedy step i;
     ``best_step`` indexes the best point of the curve (0 = initialization only). ``path`` says how
-    candidates were scored: "vectorized", "per-candidate", or "sharded" (vectorized on Ray workers).
+    candidates were scored: "vectorized", "counting" (vectorized, dyadic scores counted without sorting),
+"per-candidate", "sharded" or "sharded-counting" (vectorized on Ray workers).
     """
 
     weights: np.ndarray

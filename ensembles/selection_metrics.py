@@ -9,7 +9,9 @@ own float dtype (float16/float32 stay as they are; never a float64 copy).
 Exactness: the scores compared are the float64 values (S + p_m) / n the reference computes. mAP and
 AUC rank integer keys 2 * floor(t * scale / n) + label (t = S + p, 30 bits); rows where a positive's
 key is within 1 of a neighbour's are recomputed exactly in float64, so ties are scored as
-scikit-learn / rankdata score them. F1 and lwlrap compare the float64 values directly.
+scikit-learn / rankdata score them. Libraries on a power-of-two grid (8-bit ``codes / 256``) are
+counted instead, with no sort and no repair (`selection_counting`). F1 and lwlrap compare the float64
+values directly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from harmonia.ensembles.selection_counting import (counted_ap, counted_auc, dyadic_grid, key_range,
+                                                   numerator_codes, sum_keys)
 from harmonia.metrics import average_precision_per_class, roc_auc_per_class
 
 KEY_MAX = float(2**30 - 2)
@@ -52,6 +56,7 @@ class ClassBlockScorer:
     ``cols [Cb, M, N]`` are the block's predictions class-major, ``y [N, Cb]`` its labels; ``stats(s, n)``
     scores every candidate's (s + p_m) / n where ``s [N, Cb]`` is the float64 ensemble sum. With a
     ``palette``, ``cols`` are integer codes of the scores ``palette[cols]`` (exact: the same values).
+    Ranked scorers on a power-of-two grid (``grid``) hold its numerators as ``cols`` and count them.
     """
 
     k = 2
@@ -70,6 +75,9 @@ class ClassBlockScorer:
         self.vmax = float(values.max()) if values.size else 1.0
         self.scale = KEY_MAX / max(1.0, self.vmax)
         self.on_grid = on_grid(values)
+        self.grid = dyadic_grid(values) if self.needs_keys else None
+        if self.grid is not None:  # held as the grid's numerators (codes == numerators) and counted
+            self.cols, self.palette = numerator_codes(cols, self.palette, self.grid), self.grid.palette()
         self._local = threading.local()
 
     def values(self, block: np.ndarray) -> np.ndarray:
@@ -104,6 +112,15 @@ class ClassBlockScorer:
 
     def rows(self, c: int, s_c: np.ndarray, p_block: np.ndarray, n_members: int, block: int) -> np.ndarray:
         raise NotImplementedError
+
+    def counted(self, c: int, s_c: np.ndarray, p_block: np.ndarray, score) -> np.ndarray | None:
+        """``score`` (`counted_ap`, `counted_auc`) of the block's rows when the library is on a dyadic grid and
+        class ``c``'s key range is narrow enough to count (`selection_counting`), else None."""
+        if self.grid is None:
+            return None
+        s_int = sum_keys(s_c[0], self.grid)
+        r = key_range(s_int, self.grid)
+        return score(s_int, p_block, self.positives[c], r) if r else None
 
     def exact_stats(self, scores: np.ndarray) -> np.ndarray:
         """Statistics [k] of one score matrix ``[N, Cb]`` (the current or the weighted ensemble)."""
@@ -155,6 +172,8 @@ class APScorer(ClassBlockScorer):
     needs_keys = True
 
     def rows(self, c: int, s_c: np.ndarray, p_block: np.ndarray, n_members: int, block: int) -> np.ndarray:
+        if (counted := self.counted(c, s_c, p_block, counted_ap)) is not None:
+            return counted
         total, above, rows = self.ranked(c, s_c, p_block, n_members, block)
         q = len(self.positives[c])
         ap = (((q - np.arange(q)) / q)[None, :] / above).sum(axis=1)
@@ -179,6 +198,8 @@ class AUCScorer(ClassBlockScorer):
         return bool(t.any() and not t.all())
 
     def rows(self, c: int, s_c: np.ndarray, p_block: np.ndarray, n_members: int, block: int) -> np.ndarray:
+        if (counted := self.counted(c, s_c, p_block, counted_auc)) is not None:
+            return counted
         total, above, rows = self.ranked(c, s_c, p_block, n_members, block)
         n = p_block.shape[1]
         q = len(self.positives[c])

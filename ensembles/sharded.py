@@ -30,9 +30,13 @@ class BlockWorker:
 
     def __init__(self, load: BlockLoader, c0: int, c1: int, metric: str, exact: bool) -> None:
         cols, y, palette = load(c0, c1)
-        self.cols, self.y = cols, np.asarray(y).astype(bool)
+        self.y = np.asarray(y).astype(bool)
         self.scorer: ClassBlockScorer = CLASS_SCORERS[metric](cols, self.y, exact, 1, palette)
+        self.cols = self.scorer.cols  # the scorer's storage (grid numerators when it counts)
         self.s = np.zeros(self.y.shape)
+
+    def counting(self) -> bool:
+        return self.scorer.grid is not None
 
     def stats(self, n_members: int) -> np.ndarray:
         return self.scorer.stats(self.s, n_members)
@@ -139,6 +143,8 @@ def select_on(workers: list, n_models: int, size: int, metric: Metric, init: int
     """Greedy selection on started `BlockWorker` actors (`start_workers`); they stay up afterwards."""
     n_cells = sum(ray.get([w.n_cells.remote() for w in workers]))
     lib = ShardedLibrary(workers, n_models, n_cells, CLASS_SCORERS[metric.name])
+    if all(ray.get([w.counting.remote() for w in workers])):
+        lib.path = "sharded-counting"
     return greedy_loop(lib, size, metric, init, keep_best_prefix)
 
 
