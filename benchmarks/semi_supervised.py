@@ -7,12 +7,18 @@ on the labelled 30 % only, with pseudo-labels (`semi.pseudo_label`, two passes) 
 teacher (`semi.mean_teacher`). Each model's best valid epoch is scored on test: event F1 (the trial
 decoding: threshold 0.5, 0.45 s median filter), PSDS1 and clip mAP, mean ± spread over the seeds.
 
+`--real` runs on a real-audio SED set of benchmarks/real_audio.py instead (Debian sound packages mixed
+DCASE-style, source-disjoint splits; `--classes` picks its event classes).
+
     python benchmarks/semi_supervised.py --root /tmp/ssl_bench [--clips 300] [--epochs 8] [--seeds 0 1]
+    python benchmarks/semi_supervised.py --root /tmp/ssl_real --real --classes music crowd clock --clips 360
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +34,8 @@ METHODS: dict[str, dict] = {
 }
 ARCH = {"arch": "crnn", "crnn.blocks": 3, "crnn.channels": 16, "crnn.gru_size": 32, "lr": 3e-3, "batch_size": 16}
 SCORES = ("test_event_f1", "test_psds1", "test_mAP")
+REAL_AUDIO = Path(__file__).resolve().parent / "real_audio.py"
+REAL_CLASSES = ("music", "crowd", "clock")
 
 
 def hide_labels(fs, hidden: float, seed: int):
@@ -64,21 +72,43 @@ def train_and_score(fs, params: dict, epochs: int, seed: int) -> dict[str, float
     return {k: scores[k] for k in SCORES}
 
 
-def run(root: Path, clips: int, epochs: int, seeds: list[int], hidden: float) -> dict[str, dict[str, list[float]]]:
+def real_audio_module():
+    """benchmarks/real_audio.py loaded from its file (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location("real_audio", REAL_AUDIO)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("real_audio", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_data(data: Path, clips: int, real_classes: tuple[str, ...] | None) -> None:
+    """Write the SED set under `data` unless it is there: synthetic (shifted), or real audio of `real_classes`."""
+    if (data / "metadata").is_dir():
+        return
+    if real_classes is None:
+        from harmonia.data.synth import synthesize
+
+        synthesize(data, clips=clips, seconds=4.0, seed=0, shift=True)
+    else:
+        real_audio_module().build(data, clips=clips, seed=3, task="sed", classes=real_classes)
+
+
+def run(root: Path, clips: int, epochs: int, seeds: list[int], hidden: float,
+        real_classes: tuple[str, ...] | None = None) -> dict[str, dict[str, list[float]]]:
     from harmonia.config import parse_config
-    from harmonia.data.synth import synthesize
     from harmonia.featureset import build_feature_set
     from harmonia.data.datasets import load_dataset
 
-    data = root / "data"
-    if not (data / "metadata").is_dir():
-        synthesize(data, clips=clips, seconds=4.0, seed=0, shift=True)
+    data = root / ("data" if real_classes is None else f"real_{'_'.join(real_classes)}_{clips}")
+    make_data(data, clips, real_classes)
     cfg = parse_config({"name": "ssl_bench", "task": "sed", "data": {"root": str(data)},
                         "features": {"cache_dir": str(root / "cache")}}).resolved(root)
     fs = build_feature_set(load_dataset(data), cfg.features, progress=False)
     results: dict[str, dict[str, list[float]]] = {m: {k: [] for k in (*SCORES, "seconds")} for m in METHODS}
     for seed in seeds:
         part = hide_labels(fs, hidden, seed)
+        print(f"seed {seed}: {len(part.splits['train'].y)} labelled train, {len(part.unlabeled.y)} unlabelled, "
+              f"{len(fs.splits['valid'].y)} valid, {len(fs.splits['test'].y)} test clips", flush=True)
         for name, extra in METHODS.items():
             t0 = time.perf_counter()
             scores = train_and_score(part, {**ARCH, **extra}, epochs, seed)
@@ -96,8 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--hidden", type=float, default=0.7, help="part of the train clips whose labels are hidden")
+    parser.add_argument("--real", action="store_true", help="a real-audio SED set (benchmarks/real_audio.py)")
+    parser.add_argument("--classes", nargs="+", default=list(REAL_CLASSES), help="the real-audio set's classes")
     args = parser.parse_args(argv)
-    results = run(args.root, args.clips, args.epochs, args.seeds, args.hidden)
+    results = run(args.root, args.clips, args.epochs, args.seeds, args.hidden,
+                  tuple(args.classes) if args.real else None)
     print(f"\n{len(args.seeds)} seeds, {args.epochs} epochs, {args.hidden:.0%} of train unlabelled; mean ± std (min–max)")
     print(f"{'method':>26}  " + "  ".join(f"{k:>24}" for k in (*SCORES, "seconds")))
     for name, cols in results.items():
