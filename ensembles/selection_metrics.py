@@ -300,9 +300,14 @@ def rows_with_close_positives(key: np.ndarray, flat: np.ndarray, above: np.ndarr
 
 
 def on_grid(values: np.ndarray) -> bool:
-    """Whether every value is a multiple of 2**-GRID_BITS, so float64 sums of them are exact."""
-    scaled = np.asarray(values, dtype=np.float64) * 2.0**GRID_BITS
-    return bool(np.all(np.isfinite(scaled)) and np.all(scaled == np.floor(scaled)))
+    """Whether every value is a multiple of 2**-GRID_BITS, so float64 sums of them are exact (checked in
+    chunks, stopping at the first value off the grid: float32 probabilities below 2**-16 fail at once)."""
+    flat = np.asarray(values).reshape(-1)
+    for i in range(0, len(flat), 2**20):
+        scaled = flat[i : i + 2**20].astype(np.float64) * 2.0**GRID_BITS
+        if not (np.all(np.isfinite(scaled)) and np.all(scaled == np.floor(scaled))):
+            return False
+    return True
 
 
 def grid_ap_rows(totals: np.ndarray, labels: np.ndarray) -> np.ndarray:
