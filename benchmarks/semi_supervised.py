@@ -11,7 +11,8 @@ decoding: threshold 0.5, 0.45 s median filter), PSDS1 and clip mAP, mean ± spre
 DCASE-style, source-disjoint splits; `--classes` picks its event classes).
 
     python benchmarks/semi_supervised.py --root /tmp/ssl_bench [--clips 300] [--epochs 8] [--seeds 0 1]
-    python benchmarks/semi_supervised.py --root /tmp/ssl_real --real --classes music crowd clock --clips 360
+    python benchmarks/semi_supervised.py --root /tmp/ssl_real --real --classes music crowd clock \
+        --clips 600 --epochs 15 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def run(root: Path, clips: int, epochs: int, seeds: list[int], hidden: float,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, required=True, help="where the synthetic set and its features go")
+    parser.add_argument("--root", type=Path, required=True, help="where the data set and its features go")
     parser.add_argument("--clips", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
