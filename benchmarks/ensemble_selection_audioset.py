@@ -71,7 +71,7 @@ class TimedLibrary(ShardedLibrary):
 
 class MemorySampler(threading.Thread):
     """Machine-wide memory in use (MemTotal - MemAvailable, /proc/meminfo) sampled every 0.5 s: its peak
-    above the level at start is what the selection really holds (per-process ru_maxrss over-counts here)."""
+    above the level at start, beside the workers' own ru_maxrss (which reads about twice their block, unexplained)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
