@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+
+def load_script(path: Path):
+    """A script of benchmarks/ or infra/ (folders that are no packages) as a module named after its file;
+    registered in sys.modules first, as dataclasses need."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

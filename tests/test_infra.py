@@ -3,7 +3,6 @@ URI masking, and (slow) a real 2-node local Ray cluster and a real MLflow tracki
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 LOCAL_CLUSTER = INFRA / "local-cluster.sh"
@@ -29,10 +30,7 @@ _AWS_KEY = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("infra_tool", INFRA / "infra_tool.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(INFRA / "infra_tool.py")
 
 
 def _script_env() -> dict[str, str]:

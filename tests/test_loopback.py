@@ -4,20 +4,18 @@ workers) is on 127.0.0.1 (or its IPv4-mapped form, as Ray's gRPC servers bind it
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
 from pathlib import Path
+
+from tests.conftest import load_script
 
 INFRA_TOOL = Path(__file__).resolve().parents[1] / "infra" / "infra_tool.py"
 
 
 def infra_tool():
     """infra/infra_tool.py (a script, not a package module): its /proc socket listing."""
-    spec = importlib.util.spec_from_file_location("infra_tool", INFRA_TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(INFRA_TOOL)
 
 
 def is_loopback(addr: str) -> bool:

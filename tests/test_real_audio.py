@@ -4,10 +4,8 @@ Needs `apt-get download` to reach a Debian mirror (or the packages already in th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +13,14 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from tests.conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_audio.py"
 SPLITS = ("train", "valid", "test")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("real_audio", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["real_audio"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 ra = _module()

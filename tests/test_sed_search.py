@@ -5,15 +5,14 @@ The sets are benchmarks/real_audio.py's (Debian sound packages mixed DCASE-style
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harmonia import tracking
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_audio.py"
 EVENT_METRICS = ("event_f1", "event_f1_macro", "segment_f1", "segment_er", "psds1", "psds2")
@@ -28,11 +27,7 @@ SED_SETS: dict[str, dict] = {"event_f1": {"clips": 60, "seed": 3},
 
 
 def _real_audio():
-    spec = importlib.util.spec_from_file_location("real_audio", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("real_audio", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")

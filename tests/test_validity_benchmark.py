@@ -3,23 +3,19 @@ re-applied to saved per-resample results pick what the full run picked."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ensemble_validity.py"
 FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "synth_shift_300.npz"
 
 
 def _validity():
-    spec = importlib.util.spec_from_file_location("ensemble_validity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ensemble_validity", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_grouped_split_keeps_groups_whole_and_sizes_close():
