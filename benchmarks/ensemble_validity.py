@@ -65,7 +65,6 @@ def _library(v, yv, gv, t, yt):
 
 def evaluate(args: tuple) -> dict:
     """Every method and rule on one resample: test, honest and in-sample valid scores, and picks."""
-    from harmonia.ensembles.honest import Candidate, recommend
     from harmonia.ensembles.methods import METHOD_INFO, fit_method
     from harmonia.ensembles.stage import honest_method, honest_setup
     from harmonia.metrics import get_metric
@@ -82,24 +81,30 @@ def evaluate(args: tuple) -> dict:
         honest = honest_method(lib, setup, name, metric, **kw)
         out[name] = {"test": m(yt, fitted.predict(t)), "honest": honest.mean, "insample": m(yv, fitted.predict(v)),
                      "score": honest}
-    cands = [Candidate(n, METHOD_INFO[n].complexity, out[n]["score"]) for n in METHODS]
-    picks = {label: recommend(cands, metric, rule) for label, rule in RULES.items()}
+    picks = rule_picks({n: out[n]["score"] for n in METHODS}, metric)
     picks["in-sample best (old CLI rule)"] = max(METHODS, key=lambda n: m.sign() * out[n]["insample"])
     for r in out.values():
         r["score"] = r["score"].to_dict() | {"boot": [float(b) for b in r["score"].boot]}
     return {"methods": out, "picks": picks}
 
 
+def rule_picks(scores: dict, metric: str) -> dict[str, str]:
+    """Each rule's pick among the methods, from their honest scores (name -> HonestScore)."""
+    from harmonia.ensembles.honest import Candidate, recommend
+    from harmonia.ensembles.methods import METHOD_INFO
+
+    cands = [Candidate(n, METHOD_INFO[n].complexity, scores[n]) for n in METHODS]
+    return {label: recommend(cands, metric, rule) for label, rule in RULES.items()}
+
+
 def repick(result: dict, metric: str) -> dict:
     """The rules re-applied to one saved resample (its honest scores and bootstrap replicates)."""
-    from harmonia.ensembles.honest import Candidate, HonestScore, recommend
-    from harmonia.ensembles.methods import METHOD_INFO
+    from harmonia.ensembles.honest import HonestScore
 
     def honest(d: dict) -> HonestScore:
         return HonestScore(d["score"], d["boot"], d["folds"], d["grouped"], d["f1"])
 
-    cands = [Candidate(n, METHOD_INFO[n].complexity, honest(result["methods"][n]["score"])) for n in METHODS]
-    picks = {label: recommend(cands, metric, rule) for label, rule in RULES.items()}
+    picks = rule_picks({n: honest(result["methods"][n]["score"]) for n in METHODS}, metric)
     picks["in-sample best (old CLI rule)"] = result["picks"]["in-sample best (old CLI rule)"]
     return {"methods": result["methods"], "picks": picks}
 
