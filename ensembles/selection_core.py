@@ -10,6 +10,7 @@ by class blocks over Ray workers (`harmonia.ensembles.sharded`). The loop and it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -81,10 +82,22 @@ def check_library(preds: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
     return p, t.astype(bool)
 
 
-def weighted_score(preds: np.ndarray, y: np.ndarray, weights: np.ndarray, metric: Metric) -> float:
-    """Metric of the weighted average of ``preds`` (only the models with weight are read)."""
+def weighted_sum(weights: np.ndarray, member: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Sum over the models with weight of ``weights[m] * member(m)`` in float64, member by member in
+    index order: one member's copy at a time, and the same float64 sum on every path (in-process,
+    sharded class blocks), whatever the layout."""
     used = np.flatnonzero(weights)
-    return metric(y, np.tensordot(weights[used], preds[used].astype(np.float64), axes=1))
+    if not len(used):
+        raise ValueError("weights select no model")
+    total = float(weights[used[0]]) * np.asarray(member(int(used[0])), dtype=np.float64)
+    for m in used[1:]:
+        total += float(weights[m]) * np.asarray(member(int(m)), dtype=np.float64)
+    return total
+
+
+def weighted_score(preds: np.ndarray, y: np.ndarray, weights: np.ndarray, metric: Metric) -> float:
+    """Metric of the weighted average of ``preds`` (only the models with weight are read, one at a time)."""
+    return metric(y, weighted_sum(weights, lambda m: preds[m]))
 
 
 def choose(signed: np.ndarray, in_ensemble: np.ndarray, lib: Library, n_members: int) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import ray
 
-from harmonia.ensembles.selection_core import Selection, greedy_loop
+from harmonia.ensembles.selection_core import Selection, greedy_loop, weighted_sum
 from harmonia.ensembles.selection_metrics import CLASS_SCORERS, ClassBlockScorer, class_major
 from harmonia.metrics import BCE_EPS, METRICS, Metric
 
@@ -59,9 +59,7 @@ class BlockWorker:
         return self.scorer.exact_stats(self.s / n_members)
 
     def weighted_stats(self, weights: np.ndarray) -> np.ndarray:
-        used = np.flatnonzero(weights)
-        cols = self.scorer.values(self.cols[:, used, :]).astype(np.float64)
-        avg = np.tensordot(weights[used], cols, axes=([0], [1]))
+        avg = weighted_sum(weights, lambda m: self.scorer.values(self.cols[:, m, :]))
         return self.scorer.exact_stats(avg.T)
 
     def n_cells(self) -> int:
