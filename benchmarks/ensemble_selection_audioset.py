@@ -31,16 +31,23 @@ PALETTE = (np.arange(256) / 256).astype(np.float32)
 """8-bit scores on a dyadic step: code / 256, exact in float32 and float64."""
 
 
-def class_library(c: int, m: int, n: int, seed: int, families: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Class ``c`` of the synthetic library: uint8 codes [M, N] (256 * sigmoid rounded into 0..255), labels [N]."""
+def class_library(c: int, m: int, n: int, seed: int, families: int = 10, chunk: int = 64
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Class ``c`` of the synthetic library: uint8 codes [M, N] (256 * sigmoid rounded into 0..255), labels [N].
+    Made ``chunk`` models at a time (the same draws, in the same order), so the float32 temporaries stay small."""
     rng = np.random.default_rng([seed, c])
     y = rng.random(n) < rng.uniform(0.01, 0.1)
     clip = np.where(y, 1.2, -1.2).astype(np.float32) + rng.standard_normal(n, dtype=np.float32)
     family = rng.standard_normal((families, n), dtype=np.float32)
     skill = np.random.default_rng([seed, 10**6]).uniform(0.4, 1.6, (m, 1)).astype(np.float32)
     fam = np.random.default_rng([seed, 10**6 + 1]).integers(0, families, m)
-    logits = skill * clip[None] + 0.8 * family[fam] + rng.standard_normal((m, n), dtype=np.float32) - 2.0
-    return np.minimum(np.rint(256 / (1 + np.exp(-logits))), 255).astype(np.uint8), y
+    codes = np.empty((m, n), dtype=np.uint8)
+    for m0 in range(0, m, chunk):
+        part = slice(m0, m0 + chunk)
+        logits = (skill[part] * clip[None] + 0.8 * family[fam[part]]
+                  + rng.standard_normal((len(codes[part]), n), dtype=np.float32) - 2.0)
+        codes[part] = np.minimum(np.rint(256 / (1 + np.exp(-logits))), 255)
+    return codes, y
 
 
 def generator(m: int, n: int, seed: int):

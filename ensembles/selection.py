@@ -21,6 +21,8 @@ from harmonia.ensembles.selection_metrics import CLASS_SCORERS, LwlrapScorer, cl
 from harmonia.ensembles.selection_reference import reference_ensemble_selection  # noqa: F401
 from harmonia.metrics import METRICS, Metric, average_precision_per_class, bce, get_metric
 
+BOUNDED_BATCH = 8
+"""Candidates scored exactly in the first batch of a bounded step (each later batch doubles)."""
 SMALL_ELEMENTS = 2**13
 """Libraries of at most this many (class, candidate, clip) cells are scored in one exact call (`_small`)."""
 
@@ -49,8 +51,9 @@ class _InProcess:
     """The library in this process: running float64 sum ``s`` [N, C] and a vectorized scorer if one fits."""
 
     def __init__(self, preds: np.ndarray, y: np.ndarray, metric: Metric, exact: bool, n_threads: int,
-                 memory_limit: int | None = None) -> None:
+                 memory_limit: int | None = None, bounds: bool = True) -> None:
         self.preds, self.y, self.metric, self.exact = preds, y, metric, exact
+        self.scored = 0  # candidates scored exactly at the greedy steps (the rest were pruned by their bound)
         self.n_models = len(preds)
         self.s = np.zeros(y.shape)
         self.kind = _vectorizable(preds, metric)
@@ -64,6 +67,8 @@ class _InProcess:
         if self.kind == "class" and not self.small:
             self.block = CLASS_SCORERS[metric.name](class_major(preds, 0, preds.shape[2]), y, exact, n_threads)
             self.path = "counting" if self.block.grid is not None else self.path
+            self.bounded = bounds and exact and self.block.bound_what is not None and self.block.grid is None
+            self.path = "bounded" if self.bounded else self.path
         elif self.kind == "lwlrap":
             self.lwlrap = LwlrapScorer(preds, y)
 
@@ -74,7 +79,28 @@ class _InProcess:
             return self.lwlrap(self.s, n_members)
         if self.small:
             return self._small(n_members)
+        if n_members > 1 and self.bounded:
+            return self._bounded(n_members)
         return self.block.finalize(self.block.stats(self.s, n_members))
+
+    def _bounded(self, n_members: int) -> np.ndarray:
+        """Exact scores of the candidates that can win the step, NaN for the others: candidates are scored in
+        decreasing order of a cheap upper bound (`ClassBlockScorer.bound_stats`) until the next bound is
+        below the best exact score by more than the tie tolerance, so every candidate the tie rules could
+        pick is scored exactly and the picks are those of scoring all."""
+        upper = self.block.finalize(self.block.bound_stats(self.s, n_members))
+        order = np.argsort(-np.nan_to_num(upper, nan=-np.inf), kind="stable")
+        out = np.full(self.n_models, np.nan)
+        best, done = -np.inf, 0
+        while done < len(order) and not upper[order[done]] < best - 2 * TIE_TOL:
+            # the first batch by bound, then every candidate whose bound reaches the best exact score so far
+            reach = np.flatnonzero(~(upper[order[done:]] < best - 2 * TIE_TOL))
+            cands = order[done : done + (BOUNDED_BATCH if done == 0 else int(reach[-1]) + 1)]
+            out[cands] = self.block.finalize(self.block.stats(self.s, n_members, cands))
+            best = max(best, float(np.nanmax(out[cands], initial=-np.inf)))
+            done += len(cands)
+        self.scored += done
+        return out
 
     def _small(self, n_members: int) -> np.ndarray:
         """Small libraries (the inner folds of honest scores): every candidate and class in one exact float64
@@ -144,6 +170,7 @@ def ensemble_selection(
     memory_limit: int | None = None,
     shards: int | None = None,
     address: str | None = None,
+    bounds: bool = True,
 ) -> Selection:
     """Greedy selection with replacement of ``size`` steps over ``preds [M, N, C]`` against ``y [N, C]``.
 
@@ -152,6 +179,8 @@ def ensemble_selection(
     selections on random ``bag_fraction`` subsets and averages their weights; ``prune_top`` keeps
     only the top models by single score first. ``n_threads > 1`` splits the classes over threads.
     ``shards=W`` scores W class blocks in Ray workers on the cluster at ``address`` (None: local Ray).
+    ``bounds=False`` scores every candidate exactly at every step (the same picks, path "vectorized"
+    instead of "bounded").
     """
     p, t = check_library(preds, y)
     met = get_metric(metric)
@@ -171,16 +200,17 @@ def ensemble_selection(
     if bagging > 0:
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         return _bagged(p, t, idx, size, met, init, keep_best_prefix, exact, threads, rng, bagging, bag_fraction,
-                       memory_limit)
+                       memory_limit, bounds)
     sub = p[idx] if len(idx) < m_models else p
-    sel = greedy_loop(_InProcess(sub, t, met, exact, threads, memory_limit), size, met, init, keep_best_prefix)
+    sel = greedy_loop(_InProcess(sub, t, met, exact, threads, memory_limit, bounds), size, met, init,
+                      keep_best_prefix)
     return _embed(sel, idx, m_models)
 
 
 def _bagged(
     p: np.ndarray, t: np.ndarray, idx: np.ndarray, size: int, met: Metric, init: int | str,
     keep_best_prefix: bool, exact: bool, threads: int, rng: np.random.Generator, bags: int, fraction: float,
-    memory_limit: int | None,
+    memory_limit: int | None, bounds: bool = True,
 ) -> Selection:
     """Bagged selection: selections on random library subsets, weights averaged (Caruana et al. 2004)."""
     m_models = len(p)
@@ -191,7 +221,7 @@ def _bagged(
     path = "per-candidate"
     for _ in range(bags):
         bag = np.sort(rng.choice(idx, size=n_bag, replace=False))
-        lib = _InProcess(p[bag], t, met, exact, threads, memory_limit)
+        lib = _InProcess(p[bag], t, met, exact, threads, memory_limit, bounds)
         sel = _embed(greedy_loop(lib, size, met, init, keep_best_prefix), bag, m_models)
         weights += sel.weights / bags
         picks += sel.picks

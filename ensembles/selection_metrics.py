@@ -11,7 +11,7 @@ AUC rank integer keys 2 * floor(t * scale / n) + label (t = S + p, 30 bits); row
 key is within 1 of a neighbour's are recomputed exactly in float64, so ties are scored as
 scikit-learn / rankdata score them. Libraries on a power-of-two grid (8-bit ``codes / 256``) are
 counted instead, with no sort and no repair (`selection_counting`). F1 and lwlrap compare the float64
-values directly.
+values directly. The passes over clips are compiled (`selection_compiled`); the sort is numpy's.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from harmonia.ensembles.selection_compiled import (AP, AUC, bound_rows, compiled_dtype, lwlrap_rows, rank_keys,
+                                                   scan_sorted, threshold_counts)
 from harmonia.ensembles.selection_counting import (counted_ap, counted_auc, dyadic_grid, key_range,
                                                    numerator_codes, sum_keys)
 from harmonia.metrics import average_precision_per_class, roc_auc_per_class
@@ -32,6 +34,9 @@ GRID_BITS = 40
 """Scores that are all multiples of 2**-GRID_BITS (float32 >= 2**-16, 8-bit codes) have exact int64 sums."""
 GRID_TOTAL_MAX = 2.0**11
 """Sums up to this stay distinct after dividing by n (gap 2**-40 >> float64 rounding): keys order them exactly."""
+BOUND_BUCKETS_PER_CLIP = 0.5
+"""Upper bounds bucket the sums into the power of two >= this many buckets a clip (finer: tighter bounds,
+fewer candidates scored exactly, a longer pass; 0.5 was fastest at N=5000)."""
 F1_THRESHOLD = 0.5
 """The threshold of the registered "f1" (f1_micro's default)."""
 
@@ -61,6 +66,8 @@ class ClassBlockScorer:
 
     k = 2
     needs_keys = False
+    bound_what: int | None = None
+    """The `selection_compiled` statistic (AP, AUC) whose upper bound prunes candidates, or None."""
 
     def __init__(self, cols: np.ndarray, y: np.ndarray, exact: bool = True, n_threads: int = 1,
                  palette: np.ndarray | None = None) -> None:
@@ -89,19 +96,39 @@ class ClassBlockScorer:
         """Whether a class (its label column) counts in the macro average."""
         return bool(t.any())
 
-    def stats(self, s: np.ndarray, n_members: int) -> np.ndarray:
-        m = self.cols.shape[1]
+    def stats(self, s: np.ndarray, n_members: int, candidates: np.ndarray | None = None) -> np.ndarray:
+        """Statistics [M, k] of every candidate (or [len(candidates), k] of those), summed over the classes."""
+        m = self.cols.shape[1] if candidates is None else len(candidates)
+        return self._over_classes(lambda c: self.class_stats(c, s, n_members, candidates), (m, self.k))
+
+    def bound_stats(self, s: np.ndarray, n_members: int) -> np.ndarray | None:
+        """Upper bounds [M, k] of every candidate's statistics (`selection_compiled.bound_rows`), or None
+        where this scorer has none (unranked metrics, libraries on a counting grid)."""
+        if self.bound_what is None or self.grid is not None:
+            return None
+        m, n = self.cols.shape[1:]
+        n_buckets = 1 << max(4, (int(BOUND_BUCKETS_PER_CLIP * n) - 1).bit_length())
+
+        def bounds(c: int) -> np.ndarray:
+            up = bound_rows(s[:, c], self.values(self.cols[c]), self.labels[c], self.positives[c], n_members,
+                            self.bound_what, self.vmax, n_buckets)
+            return np.column_stack([up, np.ones(m)])
+        return self._over_classes(bounds, (m, self.k))
+
+    def _over_classes(self, per_class, shape: tuple[int, int]) -> np.ndarray:
+        """Sum of ``per_class(c)`` over the kept classes, split over ``n_threads`` threads."""
         jobs = list(self.classes)
         if self.n_threads > 1 and len(jobs) > 1:
             with ThreadPoolExecutor(self.n_threads) as pool:
-                parts = list(pool.map(lambda c: self.class_stats(c, s, n_members), jobs))
+                parts = list(pool.map(per_class, jobs))
         else:
-            parts = [self.class_stats(c, s, n_members) for c in jobs]
-        return np.sum(parts, axis=0) if parts else np.zeros((m, self.k))
+            parts = [per_class(c) for c in jobs]
+        return np.sum(parts, axis=0) if parts else np.zeros(shape)
 
-    def class_stats(self, c: int, s: np.ndarray, n_members: int) -> np.ndarray:
+    def class_stats(self, c: int, s: np.ndarray, n_members: int, candidates: np.ndarray | None = None
+                    ) -> np.ndarray:
         """Statistics [M, k] of class ``c`` of the block (value, 1) for a macro mean."""
-        p_c = self.cols[c]
+        p_c = self.cols[c] if candidates is None else self.cols[c][candidates]
         m, n = p_c.shape
         s_c = np.ascontiguousarray(s[:, c])[None, :]
         block = max(1, min(m, BLOCK_ELEMENTS // max(1, n)))
@@ -132,55 +159,49 @@ class ClassBlockScorer:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(stats[:, 1] > 0, stats[:, 0] / stats[:, 1], np.nan)
 
-    def _workspace(self, rows: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-thread [rows, N] buffers (float64 sums, int32 keys, int8 labels), reused across calls."""
-        ws = getattr(self._local, "ws", None)
-        if ws is None or ws[0].shape != (rows, n):
-            ws = (np.empty((rows, n)), np.empty((rows, n), np.int32), np.empty((rows, n), np.int8))
-            self._local.ws = ws
-        return ws
+    def _keys(self, rows: int, n: int) -> np.ndarray:
+        """Per-thread int32 key buffer [rows, N], reused across calls."""
+        key = getattr(self._local, "key", None)
+        if key is None or key.shape != (rows, n):
+            key = self._local.key = np.empty((rows, n), np.int32)
+        return key
 
-    def ranked(self, c: int, s_c: np.ndarray, p_block: np.ndarray, n_members: int, block: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(total [b, N], above [b, P], rows to recompute exactly) for one class and block of candidates.
+    def ranked(self, c: int, s_c: np.ndarray, p_block: np.ndarray, n_members: int, block: int, what: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(AP or AUC of each candidate row, rows to recompute exactly) for one class and block of candidates.
 
         With t = S + p, keys 2 * floor(t * scale / n) + label never decrease in the exact average and
         are equal or adjacent where averages tie; one int32 sort per row ranks all clips, odd keys mark
-        the positives. ``above`` counts the clips ranked at or after each positive (1 = last).
+        the positives (`selection_compiled`: keys and the scan compiled, the sort numpy's).
         """
         b, n = p_block.shape
-        total, key, bits = (buf[:b] for buf in self._workspace(block, n))
-        if self.palette is None:
-            np.add(s_c, p_block, out=total)
-        else:
-            np.take(self.palette, p_block, out=total)
-            np.add(total, s_c, out=total)
-        np.multiply(total, self.scale / n_members, out=key, casting="unsafe")
-        np.left_shift(key, 1, out=key)
-        np.bitwise_or(key, self.labels[c][None, :], out=key)
+        key = self._keys(block, n)[:b]
+        values = p_block if self.palette is None else np.take(self.palette, p_block)
+        rank_keys(s_c[0], compiled_dtype(values), self.labels[c], self.scale / n_members, key)
         key.sort(axis=1)
-        np.bitwise_and(key, 1, out=bits, casting="unsafe")
-        flat = np.flatnonzero(bits.view(bool))
-        above = (np.arange(1, b + 1) * n)[:, None] - flat.reshape(b, len(self.positives[c]))
-        rows = rows_with_close_positives(key, flat, above) if self.exact else np.zeros(0, dtype=np.int64)
-        return total, above, rows
+        out, close = np.empty(b), np.empty(b, dtype=bool)
+        scan_sorted(key, len(self.positives[c]), what, out, close)
+        return out, (np.flatnonzero(close) if self.exact else np.zeros(0, dtype=np.int64))
+
+    def totals(self, s_c: np.ndarray, p_rows: np.ndarray) -> np.ndarray:
+        """Float64 sums S + p of some candidate rows (for the exact repair)."""
+        return s_c + self.values(p_rows)
 
 
 class APScorer(ClassBlockScorer):
     """Average precision per class, scikit-learn's tie handling; macro over classes with positives."""
 
     needs_keys = True
+    bound_what = AP
 
     def rows(self, c: int, s_c: np.ndarray, p_block: np.ndarray, n_members: int, block: int) -> np.ndarray:
         if (counted := self.counted(c, s_c, p_block, counted_ap)) is not None:
             return counted
-        total, above, rows = self.ranked(c, s_c, p_block, n_members, block)
-        q = len(self.positives[c])
-        ap = (((q - np.arange(q)) / q)[None, :] / above).sum(axis=1)
+        ap, rows = self.ranked(c, s_c, p_block, n_members, block, AP)
         if len(rows) and self.on_grid and n_members * self.vmax <= GRID_TOTAL_MAX:
-            ap[rows] = grid_ap_rows(total[rows], self.y[:, c])
+            ap[rows] = grid_ap_rows(self.totals(s_c, p_block[rows]), self.y[:, c])
         elif len(rows):
-            ap[rows] = ap_rows(total[rows] / n_members, self.positives[c])
+            ap[rows] = ap_rows(self.totals(s_c, p_block[rows]) / n_members, self.positives[c])
         return ap
 
     def exact_stats(self, scores: np.ndarray) -> np.ndarray:
@@ -192,6 +213,7 @@ class AUCScorer(ClassBlockScorer):
     """ROC AUC per class from the ranks of the positives (Mann-Whitney); macro over classes with both labels."""
 
     needs_keys = True
+    bound_what = AUC
 
     @staticmethod
     def keep(t: np.ndarray) -> bool:
@@ -200,13 +222,9 @@ class AUCScorer(ClassBlockScorer):
     def rows(self, c: int, s_c: np.ndarray, p_block: np.ndarray, n_members: int, block: int) -> np.ndarray:
         if (counted := self.counted(c, s_c, p_block, counted_auc)) is not None:
             return counted
-        total, above, rows = self.ranked(c, s_c, p_block, n_members, block)
-        n = p_block.shape[1]
-        q = len(self.positives[c])
-        below = (n - above - np.arange(q)[None, :]).sum(axis=1)  # negatives ranked below each positive
-        auc = below / (q * (n - q))
+        auc, rows = self.ranked(c, s_c, p_block, n_members, block, AUC)
         if len(rows):
-            scores = total[rows] / n_members
+            scores = self.totals(s_c, p_block[rows]) / n_members
             auc[rows] = roc_auc_per_class(np.repeat(self.y[:, c : c + 1], len(rows), axis=1), scores.T)
         return auc
 
@@ -224,12 +242,13 @@ class F1Scorer(ClassBlockScorer):
     def keep(t: np.ndarray) -> bool:
         return True
 
-    def class_stats(self, c: int, s: np.ndarray, n_members: int) -> np.ndarray:
-        t_star = sum_threshold(F1_THRESHOLD, n_members)
-        pred = s[None, :, c] + self.values(self.cols[c]) >= t_star
-        tp = row_counts(pred[:, self.positives[c]])
-        n_true = np.full(len(tp), len(self.positives[c]))
-        return np.column_stack([tp, row_counts(pred), n_true]).astype(np.float64)
+    def class_stats(self, c: int, s: np.ndarray, n_members: int, candidates: np.ndarray | None = None
+                    ) -> np.ndarray:
+        cols = self.cols[c] if candidates is None else self.cols[c][candidates]
+        counts = threshold_counts(s[:, c], self.values(cols), self.labels[c],
+                                  sum_threshold(F1_THRESHOLD, n_members))
+        n_true = np.full(len(counts), len(self.positives[c]))
+        return np.column_stack([counts, n_true]).astype(np.float64)
 
     def exact_stats(self, scores: np.ndarray) -> np.ndarray:
         pred = scores >= F1_THRESHOLD
@@ -246,30 +265,15 @@ CLASS_SCORERS: dict[str, type[ClassBlockScorer]] = {"mAP": APScorer, "auc": AUCS
 
 
 class LwlrapScorer:
-    """lwlrap of every candidate: for each (clip, positive label) pair, the counts of labels and of
-    positives scored >= it within the clip, compared in float64 like `harmonia.metrics.lwlrap`."""
+    """lwlrap of every candidate (`selection_compiled.lwlrap_rows`): for each (clip, positive label) pair,
+    the counts of labels and of positives scored >= it within the clip, compared in float64 like
+    `harmonia.metrics.lwlrap`."""
 
     def __init__(self, preds: np.ndarray, y: np.ndarray) -> None:
         self.preds, self.y = preds, y.astype(bool)
-        self.clip, self.label = np.nonzero(self.y)
-        self.pos_rows = self.y[self.clip]  # [P, C] the positives of each pair's clip
 
     def __call__(self, s: np.ndarray, n_members: int) -> np.ndarray:
-        m, _, c = self.preds.shape
-        n_pairs = len(self.clip)
-        if n_pairs == 0:
-            return np.full(m, np.nan)
-        s_rows = s[self.clip]
-        pair = np.arange(n_pairs)
-        block = max(1, BLOCK_ELEMENTS * 4 // max(1, n_pairs * c))
-        out = np.empty(m)
-        for r0 in range(0, m, block):
-            avg = (s_rows[None] + self.preds[r0 : r0 + block][:, self.clip, :]) / n_members  # [b, P, C]
-            ge = avg >= avg[:, pair, self.label][:, :, None]
-            rank = np.count_nonzero(ge, axis=2)
-            pos_above = np.count_nonzero(ge & self.pos_rows[None], axis=2)
-            out[r0 : r0 + block] = (pos_above / np.maximum(rank, 1)).sum(axis=1) / n_pairs
-        return out
+        return lwlrap_rows(s, self.preds, self.y, n_members)
 
 
 def sum_threshold(threshold: float, n_members: int) -> float:
@@ -281,22 +285,6 @@ def sum_threshold(threshold: float, n_members: int) -> float:
     while t / n_members < threshold:
         t = float(np.nextafter(t, np.inf))
     return t
-
-
-def row_counts(mask: np.ndarray) -> np.ndarray:
-    """True cells per row of a 2-D bool array (a flat count per row is several times faster than axis=1)."""
-    return np.array([np.count_nonzero(r) for r in mask], dtype=np.int64)
-
-
-def rows_with_close_positives(key: np.ndarray, flat: np.ndarray, above: np.ndarray) -> np.ndarray:
-    """Rows of the sorted keys (2 * value + 1 for positives) where a positive's value is within 1 of
-    a neighbour's: the only places where the key order may differ from the exact float64 order.
-    ``above`` [rows, P] counts the clips at or after each positive in its row (1 = last, N = first)."""
-    keys = key.reshape(-1)
-    at = keys[flat]
-    left = (at - np.take(keys, flat - 1, mode="wrap") <= 3).reshape(above.shape) & (above < key.shape[1])
-    right = (np.take(keys, flat + 1, mode="clip") - at <= 2).reshape(above.shape) & (above > 1)
-    return np.flatnonzero((left | right).any(axis=1))
 
 
 def on_grid(values: np.ndarray) -> bool:

@@ -97,7 +97,7 @@ def test_wide_key_ranges_fall_back_to_sorting(monkeypatch) -> None:
 
 def test_non_dyadic_libraries_keep_the_sorted_path() -> None:
     p, y = dyadic_library(0, 16)
-    assert ensemble_selection(p * np.float32(0.9), y, size=2).path == "vectorized"  # 0.9 / 16 is off the grid
+    assert ensemble_selection(p * np.float32(0.9), y, size=2).path == "bounded"  # 0.9 / 16 is off the grid
     assert ensemble_selection(p, y, size=2, metric="f1").path == "vectorized"  # F1 compares against 0.5
     assert ensemble_selection(p, y, size=2, metric="lwlrap").path == "vectorized"
 

@@ -1,0 +1,162 @@
+"""Compiled passes of greedy selection (numba, ``nogil`` so class threads run in parallel).
+
+AP and ROC AUC: `rank_keys` builds the integer keys of every candidate row in one pass, numpy sorts
+them (its SIMD sort), and `scan_sorted` reads AP or AUC and the rows needing an exact repair from the
+sorted keys in one pass over the positives (`selection_metrics.ClassBlockScorer.ranked`: the same
+keys and the same repair rule as the numpy passes these replace). lwlrap: `lwlrap_rows`, C float64
+comparisons per (clip, positive label) pair, no temporaries.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+AP, AUC = 0, 1
+"""Which statistic `scan_sorted` returns."""
+
+
+def compiled_dtype(block: np.ndarray) -> np.ndarray:
+    """``block`` contiguous in a dtype the kernels take (float32 / float64; float16 widened exactly)."""
+    return np.ascontiguousarray(block, dtype=block.dtype if block.dtype in (np.float32, np.float64) else np.float32)
+
+
+@numba.njit(cache=True, nogil=True)
+def rank_keys(s: np.ndarray, block: np.ndarray, labels: np.ndarray, factor: float, key: np.ndarray) -> None:
+    """``key[r, i] = 2 * int32((s[i] + block[r, i]) * factor) + labels[i]``: the keys
+    `selection_metrics.ClassBlockScorer.ranked` sorts, in one pass (the same float64 operations)."""
+    for r in range(block.shape[0]):
+        for i in range(s.shape[0]):
+            key[r, i] = (np.int32((s[i] + block[r, i]) * factor) << 1) | labels[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def scan_sorted(key: np.ndarray, n_pos: int, what: int, out: np.ndarray, close: np.ndarray) -> None:
+    """AP or ROC AUC of each row of sorted keys (odd = positive) into ``out``, and into ``close`` whether a
+    positive's key is within 1 of a neighbour's value (the rows whose key order may differ from float64's)."""
+    b, n = key.shape
+    where = np.empty(n, np.int64)
+    for r in range(b):
+        found = 0
+        for j in range(n):  # positions of the positives, ascending, without a branch
+            where[found] = j
+            found += key[r, j] & 1
+        total, below, near = 0.0, 0, False
+        for t in range(found):
+            j = where[t]
+            k = key[r, j]
+            total += (n_pos - t) / (n - j)  # positives >= it / clips >= it
+            below += j - t  # negatives ranked below it
+            if (j > 0 and k - key[r, j - 1] <= 3) or (j + 1 < n and key[r, j + 1] - k <= 2):
+                near = True
+        out[r] = total / n_pos if what == AP else below / (n_pos * (n - n_pos))
+        close[r] = near
+
+
+@numba.njit(cache=True, nogil=True)
+def _lwlrap_rows(s: np.ndarray, preds: np.ndarray, labels: np.ndarray, clips: np.ndarray, n_members: int,
+                 out: np.ndarray) -> None:
+    n_classes = s.shape[1]
+    a = np.empty(n_classes)
+    n_pairs = 0
+    for n in clips:
+        for c in range(n_classes):
+            n_pairs += labels[n, c]
+    for r in range(preds.shape[0]):
+        total = 0.0
+        for n in clips:
+            for c in range(n_classes):
+                a[c] = (s[n, c] + preds[r, n, c]) / n_members
+            for c0 in range(n_classes):
+                if labels[n, c0]:
+                    rank, hits = 0, 0
+                    for c in range(n_classes):
+                        ge = a[c] >= a[c0]
+                        rank += ge
+                        hits += ge & labels[n, c]
+                    total += hits / rank
+        out[r] = total / n_pairs
+
+
+def lwlrap_rows(s: np.ndarray, preds: np.ndarray, labels: np.ndarray, n_members: int) -> np.ndarray:
+    """lwlrap of (s + preds[r]) / n_members for every model r of ``preds [M, N, C]`` (labels [N, C]),
+    compared in float64 as `harmonia.metrics.lwlrap` compares: per (clip, positive label) pair, the
+    labels and the positives scored >= it within the clip, from C comparisons."""
+    y = np.ascontiguousarray(labels, dtype=np.int32)
+    clips = np.flatnonzero(y.any(axis=1)).astype(np.int64)
+    out = np.full(len(preds), np.nan)
+    if len(clips):
+        _lwlrap_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(preds), y, clips,
+                     int(n_members), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _threshold_counts(s: np.ndarray, block: np.ndarray, labels: np.ndarray, t_star: float, out: np.ndarray) -> None:
+    for r in range(block.shape[0]):
+        tp, predicted = 0, 0
+        for i in range(s.shape[0]):
+            hit = s[i] + block[r, i] >= t_star
+            predicted += hit
+            tp += hit & labels[i]
+        out[r, 0], out[r, 1] = tp, predicted
+
+
+def threshold_counts(s: np.ndarray, block: np.ndarray, labels: np.ndarray, t_star: float) -> np.ndarray:
+    """[b, 2] (true positives, predicted) of s + block[r] >= t_star for every row r, compared in float64."""
+    out = np.empty((len(block), 2), np.int64)
+    _threshold_counts(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block),
+                      np.ascontiguousarray(labels, dtype=np.int32), float(t_star), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, pos: np.ndarray, to_bucket: float,
+                n_buckets: int, what: int, out: np.ndarray) -> None:
+    n, q = s.shape[0], pos.shape[0]
+    n_neg = n - q
+    key = np.empty(n, np.int32)  # 2 * bucket + label
+    count = np.zeros(2 * n_buckets + 4, np.int32)  # [2g]: negatives in bucket g, [2g + 1]: positives
+    neg_above = np.zeros(n_buckets + 2, np.int32)  # negatives in buckets above g
+    pos_from = np.zeros(n_buckets + 2, np.int32)  # positives in bucket g and above
+    top = np.int32(n_buckets - 1)
+    for r in range(block.shape[0]):
+        for i in range(n):
+            key[i] = (min(np.int32((s[i] + block[r, i]) * to_bucket), top) << 1) | labels[i]
+        for i in range(n):
+            count[key[i]] += 1
+        lo, hi = key.min() >> 1, key.max() >> 1
+        neg, posc = 0, 0
+        neg_above[hi + 1] = 0
+        for g in range(hi, lo - 1, -1):
+            posc += count[2 * g + 1]
+            neg_above[g] = neg
+            pos_from[g] = posc
+            neg += count[2 * g]
+        total = 0.0
+        for j in range(q):
+            g = key[pos[j]] >> 1
+            if what == AP:  # at least the negatives of higher buckets, at most the positives from one bucket down
+                tp = pos_from[max(g - 1, lo)]
+                total += tp / (tp + neg_above[g])
+            else:  # at most the negatives up to one bucket up below it (ties counted whole)
+                total += n_neg - neg_above[g + 1 if g < hi else hi]
+        out[r] = total / q if what == AP else total / (q * n_neg)
+        count[2 * lo : 2 * hi + 2] = 0
+
+
+def bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, positives: np.ndarray, n_members: int,
+               what: int, vmax: float, n_buckets: int) -> np.ndarray:
+    """Upper bounds of AP (``what=AP``) or ROC AUC of (s + block[r]) / n_members for every row r.
+
+    The sums t = s + p are bucketed into ``n_buckets`` equal parts of [0, max s + vmax] (monotone in
+    t; equal averages t / n can straddle at most one bucket edge). For AP each positive is credited with
+    only the negatives of higher buckets and with every positive from one bucket below it up; for AUC
+    with every negative up to one bucket above it: the most the exact order can give it. O(N + buckets) a row, about half an exact row's cost."""
+    out = np.empty(len(block))
+    span = float(np.max(s)) + float(vmax)
+    to_bucket = (n_buckets - 1) / span if span > 0 else 0.0
+    _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block),
+                np.ascontiguousarray(labels, dtype=np.int32), np.ascontiguousarray(positives, dtype=np.int64),
+                to_bucket, int(n_buckets), what, out)
+    return out
