@@ -111,8 +111,8 @@ def threshold_counts(s: np.ndarray, block: np.ndarray, labels: np.ndarray, t_sta
 
 
 @numba.njit(cache=True, nogil=True)
-def _bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, pos: np.ndarray, to_bucket: float,
-                n_buckets: int, what: int, out: np.ndarray) -> None:
+def _bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, pos: np.ndarray, n_members: int,
+                to_bucket: float, n_buckets: int, what: int, out: np.ndarray) -> None:
     n, q = s.shape[0], pos.shape[0]
     n_neg = n - q
     key = np.empty(n, np.int32)  # 2 * bucket + label
@@ -121,8 +121,12 @@ def _bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, pos: np.nd
     pos_from = np.zeros(n_buckets + 2, np.int32)  # positives in bucket g and above
     top = np.int32(n_buckets - 1)
     for r in range(block.shape[0]):
-        for i in range(n):
-            key[i] = (min(np.int32((s[i] + block[r, i]) * to_bucket), top) << 1) | labels[i]
+        if what == AP:  # buckets of the sums: a multiply
+            for i in range(n):
+                key[i] = (min(np.int32((s[i] + block[r, i]) * to_bucket), top) << 1) | labels[i]
+        else:  # buckets of the averages themselves: equal averages share a bucket
+            for i in range(n):
+                key[i] = (min(np.int32((s[i] + block[r, i]) / n_members * to_bucket), top) << 1) | labels[i]
         for i in range(n):
             count[key[i]] += 1
         lo, hi = key.min() >> 1, key.max() >> 1
@@ -139,8 +143,8 @@ def _bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, pos: np.nd
             if what == AP:  # at least the negatives of higher buckets, at most the positives from one bucket down
                 tp = pos_from[max(g - 1, lo)]
                 total += tp / (tp + neg_above[g])
-            else:  # at most the negatives up to one bucket up below it (ties counted whole)
-                total += n_neg - neg_above[g + 1 if g < hi else hi]
+            else:  # at most the negatives of its bucket and below, below it (ties counted whole)
+                total += n_neg - neg_above[g]
         out[r] = total / q if what == AP else total / (q * n_neg)
         count[2 * lo : 2 * hi + 2] = 0
 
@@ -149,14 +153,15 @@ def bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, positives: 
                what: int, vmax: float, n_buckets: int) -> np.ndarray:
     """Upper bounds of AP (``what=AP``) or ROC AUC of (s + block[r]) / n_members for every row r.
 
-    The sums t = s + p are bucketed into ``n_buckets`` equal parts of [0, max s + vmax] (monotone in
-    t; equal averages t / n can straddle at most one bucket edge). For AP each positive is credited with
-    only the negatives of higher buckets and with every positive from one bucket below it up; for AUC
-    with every negative up to one bucket above it: the most the exact order can give it. O(N + buckets) a row, about half an exact row's cost."""
+    For AP the sums t = s + p are bucketed into ``n_buckets`` equal parts of [0, max s + vmax] (monotone
+    in t; equal averages t / n can straddle at most one bucket edge), and each positive is credited with
+    only the negatives of higher buckets and every positive from one bucket below it up. For AUC the
+    averages themselves are bucketed (equal averages share a bucket), and each positive ranks above
+    every negative of its bucket and below: the most the exact order can give it. O(N + buckets) a row, about half an exact row's cost."""
     out = np.empty(len(block))
-    span = float(np.max(s)) + float(vmax)
+    span = (float(np.max(s)) + float(vmax)) / (1 if what == AP else n_members)
     to_bucket = (n_buckets - 1) / span if span > 0 else 0.0
     _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block),
                 np.ascontiguousarray(labels, dtype=np.int32), np.ascontiguousarray(positives, dtype=np.int64),
-                to_bucket, int(n_buckets), what, out)
+                int(n_members), to_bucket, int(n_buckets), what, out)
     return out
