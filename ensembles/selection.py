@@ -22,7 +22,7 @@ from harmonia.ensembles.selection_reference import reference_ensemble_selection 
 from harmonia.metrics import METRICS, Metric, average_precision_per_class, bce, get_metric
 
 BOUNDED_BATCH = 8
-"""Candidates scored exactly in the first batch of a bounded step (each later batch doubles)."""
+"""Candidates scored exactly in the first batch of a bounded step (then all whose bound reaches the best so far)."""
 SMALL_ELEMENTS = 2**13
 """Libraries of at most this many (class, candidate, clip) cells are scored in one exact call (`_small`)."""
 
@@ -53,7 +53,6 @@ class _InProcess:
     def __init__(self, preds: np.ndarray, y: np.ndarray, metric: Metric, exact: bool, n_threads: int,
                  memory_limit: int | None = None, bounds: bool = True) -> None:
         self.preds, self.y, self.metric, self.exact = preds, y, metric, exact
-        self.scored = 0  # candidates scored exactly at the greedy steps (the rest were pruned by their bound)
         self.n_models = len(preds)
         self.s = np.zeros(y.shape)
         self.kind = _vectorizable(preds, metric)
@@ -99,7 +98,6 @@ class _InProcess:
             out[cands] = self.block.finalize(self.block.stats(self.s, n_members, cands))
             best = max(best, float(np.nanmax(out[cands], initial=-np.inf)))
             done += len(cands)
-        self.scored += done
         return out
 
     def _small(self, n_members: int) -> np.ndarray:

@@ -111,42 +111,40 @@ def threshold_counts(s: np.ndarray, block: np.ndarray, labels: np.ndarray, t_sta
 
 
 @numba.njit(cache=True, nogil=True)
-def _bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, pos: np.ndarray, n_members: int,
+def _bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, pos: np.ndarray, n_members: int,
                 to_bucket: float, n_buckets: int, what: int, out: np.ndarray) -> None:
     n, q = s.shape[0], pos.shape[0]
     n_neg = n - q
-    key = np.empty(n, np.int32)  # 2 * bucket + label
-    count = np.zeros(2 * n_buckets + 4, np.int32)  # [2g]: negatives in bucket g, [2g + 1]: positives
-    neg_above = np.zeros(n_buckets + 2, np.int32)  # negatives in buckets above g
-    pos_from = np.zeros(n_buckets + 2, np.int32)  # positives in bucket g and above
+    key = np.empty(n, np.int32)  # each clip's bucket
+    acc = np.zeros(n_buckets + 2, np.int64)  # per bucket: negatives << 32 | positives; then their suffix sums
     top = np.int32(n_buckets - 1)
+    low = np.int64(0xFFFFFFFF)
     for r in range(block.shape[0]):
         if what == AP:  # buckets of the sums: a multiply
             for i in range(n):
-                key[i] = (min(np.int32((s[i] + block[r, i]) * to_bucket), top) << 1) | labels[i]
+                key[i] = min(np.int32((s[i] + block[r, i]) * to_bucket), top)
         else:  # buckets of the averages themselves: equal averages share a bucket
             for i in range(n):
-                key[i] = (min(np.int32((s[i] + block[r, i]) / n_members * to_bucket), top) << 1) | labels[i]
+                key[i] = min(np.int32((s[i] + block[r, i]) / n_members * to_bucket), top)
         for i in range(n):
-            count[key[i]] += 1
-        lo, hi = key.min() >> 1, key.max() >> 1
-        neg, posc = 0, 0
-        neg_above[hi + 1] = 0
-        for g in range(hi, lo - 1, -1):
-            posc += count[2 * g + 1]
-            neg_above[g] = neg
-            pos_from[g] = posc
-            neg += count[2 * g]
+            acc[key[i]] += inc[i]
+        lo, hi = key.min(), key.max()
+        run = np.int64(0)
+        for g in range(hi, lo - 1, -1):  # in place: acc[g] = the clips of bucket g and above
+            run += acc[g]
+            acc[g] = run
+        acc[hi + 1] = 0
         total = 0.0
         for j in range(q):
-            g = key[pos[j]] >> 1
-            if what == AP:  # at least the negatives of higher buckets, at most the positives from one bucket down
-                tp = pos_from[max(g - 1, lo)]
-                total += tp / (tp + neg_above[g])
+            g = key[pos[j]]
+            above = acc[g + 1] >> 32  # negatives of higher buckets
+            if what == AP:  # at least those above it, at most the positives from one bucket down
+                tp = acc[max(g - 1, lo)] & low
+                total += tp / (tp + above)
             else:  # at most the negatives of its bucket and below, below it (ties counted whole)
-                total += n_neg - neg_above[g]
+                total += n_neg - above
         out[r] = total / q if what == AP else total / (q * n_neg)
-        count[2 * lo : 2 * hi + 2] = 0
+        acc[lo : hi + 2] = 0
 
 
 def bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, positives: np.ndarray, n_members: int,
@@ -157,11 +155,12 @@ def bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, positives: 
     in t; equal averages t / n can straddle at most one bucket edge), and each positive is credited with
     only the negatives of higher buckets and every positive from one bucket below it up. For AUC the
     averages themselves are bucketed (equal averages share a bucket), and each positive ranks above
-    every negative of its bucket and below: the most the exact order can give it. O(N + buckets) a row, about half an exact row's cost."""
+    every negative of its bucket and below: the most the exact order can give it. O(N + buckets) a
+    row (one count per bucket packed as negatives << 32 | positives), about half an exact row's cost."""
     out = np.empty(len(block))
     span = (float(np.max(s)) + float(vmax)) / (1 if what == AP else n_members)
     to_bucket = (n_buckets - 1) / span if span > 0 else 0.0
-    _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block),
-                np.ascontiguousarray(labels, dtype=np.int32), np.ascontiguousarray(positives, dtype=np.int64),
-                int(n_members), to_bucket, int(n_buckets), what, out)
+    inc = np.where(np.asarray(labels, dtype=bool), 1, 1 << 32).astype(np.int64)  # a positive / a negative
+    _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block), inc,
+                np.ascontiguousarray(positives, dtype=np.int64), int(n_members), to_bucket, int(n_buckets), what, out)
     return out

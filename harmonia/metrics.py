@@ -35,6 +35,25 @@ def _as_2d(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndar
     return t.astype(bool), s
 
 
+COLUMN_CELLS = 2**20
+"""Per-class metrics work on blocks of columns of about this many cells (their temporaries stay small)."""
+
+
+def by_columns(per_class):
+    """``per_class(t, s)`` applied to blocks of columns of at most COLUMN_CELLS cells and concatenated:
+    the same values (every column is scored on its own), with temporaries of one block, not of [N, C]."""
+
+    def blocked(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+        t, s = _as_2d(y_true, y_score)
+        step = max(1, COLUMN_CELLS // max(1, s.shape[0]))
+        if s.shape[1] <= step:
+            return per_class(t, s)
+        return np.concatenate([per_class(t[:, c : c + step], s[:, c : c + step]) for c in range(0, s.shape[1], step)])
+    blocked.__doc__, blocked.__name__ = per_class.__doc__, per_class.__name__
+    return blocked
+
+
+@by_columns
 def average_precision_per_class(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     """AP of each class as scikit-learn computes it (ties share one threshold); NaN without positives.
 
@@ -63,6 +82,7 @@ def mean_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
 
 
+@by_columns
 def roc_auc_per_class(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     """ROC AUC per class via the Mann-Whitney rank sum (tied ranks averaged); NaN if one label is absent."""
     t, s = _as_2d(y_true, y_score)
