@@ -69,9 +69,9 @@ class TimedLibrary(ShardedLibrary):
         super().__init__(*args)
         self.times: list[float] = []
 
-    def scores(self, n_members: int) -> np.ndarray:
+    def scores(self, n_members: int, winners_only: bool = False) -> np.ndarray:
         t0 = time.perf_counter()
-        out = super().scores(n_members)
+        out = super().scores(n_members, winners_only)
         self.times.append(time.perf_counter() - t0)
         return out
 

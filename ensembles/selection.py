@@ -71,14 +71,14 @@ class _InProcess:
         elif self.kind == "lwlrap":
             self.lwlrap = LwlrapScorer(preds, y)
 
-    def scores(self, n_members: int) -> np.ndarray:
+    def scores(self, n_members: int, winners_only: bool = False) -> np.ndarray:
         if self.kind is None:
             return np.array([self.metric(self.y, (self.s + p) / n_members) for p in self.preds])
         if self.kind == "lwlrap":
             return self.lwlrap(self.s, n_members)
         if self.small:
             return self._small(n_members)
-        if n_members > 1 and self.bounded:
+        if winners_only and self.bounded:
             return self._bounded(n_members)
         return self.block.finalize(self.block.stats(self.s, n_members))
 

@@ -48,8 +48,9 @@ class Library(Protocol):
     n_models: int
     path: str
 
-    def scores(self, n_members: int) -> np.ndarray:
-        """Metric of (S + p_m) / n_members for every model m [M]."""
+    def scores(self, n_members: int, winners_only: bool = False) -> np.ndarray:
+        """Metric of (S + p_m) / n_members for every model m [M]; with ``winners_only`` a library may leave NaN
+        for candidates it has shown cannot win the step (within the tie tolerance)."""
 
     def losses(self, n_members: int, candidates: np.ndarray) -> np.ndarray:
         """BCE of (S + p_m) / n_members for the given candidates (the tie-breaker)."""
@@ -149,7 +150,7 @@ def greedy_loop(lib: Library, size: int, metric: Metric, init: int | str, keep_b
     """``size`` greedy steps with replacement after a sorted initialization; the curve and weights."""
     sign = metric.sign()
     lib.reset()
-    single = sign * lib.scores(1)
+    single = sign * lib.scores(1, winners_only=init == 1)  # a sorted init of one needs only the best
     picks = _initial_picks(lib, single, sign, init)
     for p in picks:
         lib.add(p)
@@ -158,7 +159,7 @@ def greedy_loop(lib: Library, size: int, metric: Metric, init: int | str, keep_b
     n_init = len(picks)
     for _ in range(size):
         k = len(picks)
-        signed = sign * lib.scores(k + 1)
+        signed = sign * lib.scores(k + 1, winners_only=True)
         best = choose(signed, counts > 0, lib, k + 1)
         picks.append(best)
         counts[best] += 1

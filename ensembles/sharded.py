@@ -81,7 +81,7 @@ class ShardedLibrary:
     def _sum(self, calls: list) -> np.ndarray:
         return np.sum(ray.get(calls), axis=0)
 
-    def scores(self, n_members: int) -> np.ndarray:
+    def scores(self, n_members: int, winners_only: bool = False) -> np.ndarray:
         return self.scorer.finalize(self._sum([w.stats.remote(n_members) for w in self.workers]))
 
     def losses(self, n_members: int, candidates: np.ndarray) -> np.ndarray:
