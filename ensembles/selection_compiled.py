@@ -129,8 +129,11 @@ def _bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, pos: np.ndarr
         for i in range(n):
             acc[key[i]] += inc[i]
         lo, hi = key.min(), key.max()
+        first = hi  # the lowest bucket holding a positive: the suffix sums are read from one below it up
+        for j in range(q):
+            first = min(first, key[pos[j]])
         run = np.int64(0)
-        for g in range(hi, lo - 1, -1):  # in place: acc[g] = the clips of bucket g and above
+        for g in range(hi, max(first - 1, lo) - 1, -1):  # in place: acc[g] = the clips of bucket g and above
             run += acc[g]
             acc[g] = run
         acc[hi + 1] = 0
@@ -147,9 +150,15 @@ def _bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, pos: np.ndarr
         acc[lo : hi + 2] = 0
 
 
-def bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, positives: np.ndarray, n_members: int,
+def bound_increments(labels: np.ndarray) -> np.ndarray:
+    """Each clip's increment of its bucket's packed count in `bound_rows`: 1 a positive, 1 << 32 a negative."""
+    return np.where(np.asarray(labels, dtype=bool), 1, 1 << 32).astype(np.int64)
+
+
+def bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, positives: np.ndarray, n_members: int,
                what: int, vmax: float, n_buckets: int) -> np.ndarray:
-    """Upper bounds of AP (``what=AP``) or ROC AUC of (s + block[r]) / n_members for every row r.
+    """Upper bounds of AP (``what=AP``) or ROC AUC of (s + block[r]) / n_members for every row r
+    (``inc``: `bound_increments` of the labels).
 
     For AP the sums t = s + p are bucketed into ``n_buckets`` equal parts of [0, max s + vmax] (monotone
     in t; equal averages t / n can straddle at most one bucket edge), and each positive is credited with
@@ -160,7 +169,6 @@ def bound_rows(s: np.ndarray, block: np.ndarray, labels: np.ndarray, positives: 
     out = np.empty(len(block))
     span = (float(np.max(s)) + float(vmax)) / (1 if what == AP else n_members)
     to_bucket = (n_buckets - 1) / span if span > 0 else 0.0
-    inc = np.where(np.asarray(labels, dtype=bool), 1, 1 << 32).astype(np.int64)  # a positive / a negative
     _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block), inc,
                 np.ascontiguousarray(positives, dtype=np.int64), int(n_members), to_bucket, int(n_buckets), what, out)
     return out

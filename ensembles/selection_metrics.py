@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from harmonia.ensembles.selection_compiled import (AP, AUC, bound_rows, compiled_dtype, lwlrap_rows, rank_keys,
-                                                   scan_sorted, threshold_counts)
+from harmonia.ensembles.selection_compiled import (AP, AUC, bound_increments, bound_rows, compiled_dtype,
+                                                   lwlrap_rows, rank_keys, scan_sorted, threshold_counts)
 from harmonia.ensembles.selection_counting import (counted_ap, counted_auc, dyadic_grid, key_range,
                                                    numerator_codes, sum_keys)
 from harmonia.metrics import average_precision_per_class, roc_auc_per_class
@@ -89,6 +89,8 @@ class ClassBlockScorer:
         self.grid = dyadic_grid(values) if self.needs_keys else None
         if self.grid is not None:  # held as the grid's numerators (codes == numerators) and counted
             self.cols, self.palette = numerator_codes(cols, self.palette, self.grid), self.grid.palette()
+        bounded = self.bound_what is not None and self.grid is None
+        self.increments = [bound_increments(self.y[:, c]) for c in range(y.shape[1])] if bounded else []
         self._local = threading.local()
 
     def values(self, block: np.ndarray) -> np.ndarray:
@@ -114,7 +116,7 @@ class ClassBlockScorer:
         n_buckets = 1 << max(4, (int(BOUND_BUCKETS_PER_CLIP * n) - 1).bit_length())
 
         def bounds(c: int) -> np.ndarray:
-            up = bound_rows(s[:, c], self.values(self.cols[c]), self.labels[c], self.positives[c], n_members,
+            up = bound_rows(s[:, c], self.values(self.cols[c]), self.increments[c], self.positives[c], n_members,
                             self.bound_what, self.vmax, n_buckets)
             return np.column_stack([up, np.ones(m)])
         return self._over_classes(bounds, (m, self.k))

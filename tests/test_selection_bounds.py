@@ -11,7 +11,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from harmonia.ensembles import selection_metrics
 from harmonia.ensembles.selection import ensemble_selection, reference_ensemble_selection
-from harmonia.ensembles.selection_compiled import AP, AUC, bound_rows, lwlrap_rows, threshold_counts
+from harmonia.ensembles.selection_compiled import AP, AUC, bound_increments, bound_rows, lwlrap_rows, threshold_counts
 from harmonia.metrics import lwlrap
 
 
@@ -35,7 +35,7 @@ def test_bounds_are_upper_bounds_and_tight_with_fine_buckets(what: int, score) -
         s, rows, y, k = _tied_rows(rng)
         exact = np.array([score(y, (s + r) / k) for r in rows])
         for buckets in (4, 64, 1 << 20):
-            up = bound_rows(s, rows, y, np.flatnonzero(y), k, what, float(rows.max()), buckets)
+            up = bound_rows(s, rows, bound_increments(y), np.flatnonzero(y), k, what, float(rows.max()), buckets)
             assert np.all(up >= exact - 1e-12)
             if buckets == 4:
                 gaps.append(float(np.max(up - exact)))
