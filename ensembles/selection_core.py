@@ -9,8 +9,8 @@ by class blocks over Ray workers (`harmonia.ensembles.sharded`). The loop and it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
