@@ -21,7 +21,7 @@ from harmonia.ensembles.selection_metrics import CLASS_SCORERS, LwlrapScorer, cl
 from harmonia.ensembles.selection_reference import reference_ensemble_selection  # noqa: F401
 from harmonia.metrics import METRICS, Metric, average_precision_per_class, bce, get_metric
 
-BOUNDED_BATCH = 8
+BOUNDED_BATCH = 2
 """Candidates scored exactly in the first batch of a bounded step (then all whose bound reaches the best so far)."""
 SMALL_ELEMENTS = 2**13
 """Libraries of at most this many (class, candidate, clip) cells are scored in one exact call (`_small`)."""

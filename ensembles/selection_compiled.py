@@ -116,38 +116,33 @@ def _bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, pos: np.ndarr
     n, q = s.shape[0], pos.shape[0]
     n_neg = n - q
     key = np.empty(n, np.int32)  # each clip's bucket
-    acc = np.zeros(n_buckets + 2, np.int64)  # per bucket: negatives << 32 | positives; then their suffix sums
+    acc = np.zeros(n_buckets + 1, np.int64)  # per bucket: negatives << 32 | positives; then their suffix sums
     top = np.int32(n_buckets - 1)
     low = np.int64(0xFFFFFFFF)
     for r in range(block.shape[0]):
-        if what == AP:  # buckets of the sums: a multiply
-            for i in range(n):
-                key[i] = min(np.int32((s[i] + block[r, i]) * to_bucket), top)
-        else:  # buckets of the averages themselves: equal averages share a bucket
-            for i in range(n):
-                key[i] = min(np.int32((s[i] + block[r, i]) / n_members * to_bucket), top)
+        for i in range(n):  # buckets of the averages themselves: equal averages share a bucket
+            key[i] = min(np.int32((s[i] + block[r, i]) / n_members * to_bucket), top)
         for i in range(n):
             acc[key[i]] += inc[i]
         lo, hi = key.min(), key.max()
-        first = hi  # the lowest bucket holding a positive: the suffix sums are read from one below it up
+        first = hi  # the lowest bucket holding a positive: the suffix sums are needed from it up
         for j in range(q):
             first = min(first, key[pos[j]])
         run = np.int64(0)
-        for g in range(hi, max(first - 1, lo) - 1, -1):  # in place: acc[g] = the clips of bucket g and above
+        for g in range(hi, first - 1, -1):  # in place: acc[g] = the clips of bucket g and above
             run += acc[g]
             acc[g] = run
-        acc[hi + 1] = 0
         total = 0.0
         for j in range(q):
             g = key[pos[j]]
             above = acc[g + 1] >> 32  # negatives of higher buckets
-            if what == AP:  # at least those above it, at most the positives from one bucket down
-                tp = acc[max(g - 1, lo)] & low
+            if what == AP:  # at least those above it, at most the positives of its bucket and above
+                tp = acc[g] & low
                 total += tp / (tp + above)
             else:  # at most the negatives of its bucket and below, below it (ties counted whole)
                 total += n_neg - above
         out[r] = total / q if what == AP else total / (q * n_neg)
-        acc[lo : hi + 2] = 0
+        acc[lo : hi + 1] = 0
 
 
 def bound_increments(labels: np.ndarray) -> np.ndarray:
@@ -160,14 +155,14 @@ def bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, positives: np.
     """Upper bounds of AP (``what=AP``) or ROC AUC of (s + block[r]) / n_members for every row r
     (``inc``: `bound_increments` of the labels).
 
-    For AP the sums t = s + p are bucketed into ``n_buckets`` equal parts of [0, max s + vmax] (monotone
-    in t; equal averages t / n can straddle at most one bucket edge), and each positive is credited with
-    only the negatives of higher buckets and every positive from one bucket below it up. For AUC the
-    averages themselves are bucketed (equal averages share a bucket), and each positive ranks above
-    every negative of its bucket and below: the most the exact order can give it. O(N + buckets) a
-    row (one count per bucket packed as negatives << 32 | positives), about half an exact row's cost."""
+    The averages themselves, computed as the exact metric computes them, are bucketed into
+    ``n_buckets`` equal parts of [0, (max s + vmax) / n_members]: monotone, and equal averages share a
+    bucket. For AP each positive is credited with only the negatives of higher buckets and every positive
+    of its bucket and above; for AUC it ranks above every negative of its bucket and below: the most the
+    exact order can give it. O(N + buckets) a row (one count per bucket packed as negatives << 32 |
+    positives), about half an exact row's cost."""
     out = np.empty(len(block))
-    span = (float(np.max(s)) + float(vmax)) / (1 if what == AP else n_members)
+    span = (float(np.max(s)) + float(vmax)) / n_members
     to_bucket = (n_buckets - 1) / span if span > 0 else 0.0
     _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block), inc,
                 np.ascontiguousarray(positives, dtype=np.int64), int(n_members), to_bucket, int(n_buckets), what, out)
