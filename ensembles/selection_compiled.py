@@ -111,31 +111,33 @@ def threshold_counts(s: np.ndarray, block: np.ndarray, labels: np.ndarray, t_sta
 
 
 @numba.njit(cache=True, nogil=True)
-def _bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, pos: np.ndarray, n_members: int,
+def _bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, shift: int, pos: np.ndarray, n_members: int,
                 to_bucket: float, n_buckets: int, what: int, out: np.ndarray) -> None:
     n, q = s.shape[0], pos.shape[0]
     n_neg = n - q
+    low = (1 << shift) - 1
     key = np.empty(n, np.int32)  # each clip's bucket
-    acc = np.zeros(n_buckets + 1, np.int64)  # per bucket: negatives << 32 | positives; then their suffix sums
+    acc = np.zeros(n_buckets + 1, inc.dtype)  # per bucket: negatives << shift | positives; then suffix sums
     top = np.int32(n_buckets - 1)
-    low = np.int64(0xFFFFFFFF)
     for r in range(block.shape[0]):
+        lo, hi = top, np.int32(0)
         for i in range(n):  # buckets of the averages themselves: equal averages share a bucket
-            key[i] = min(np.int32((s[i] + block[r, i]) / n_members * to_bucket), top)
+            k = min(np.int32((s[i] + block[r, i]) / n_members * to_bucket), top)
+            key[i] = k
+            lo, hi = min(lo, k), max(hi, k)
         for i in range(n):
             acc[key[i]] += inc[i]
-        lo, hi = key.min(), key.max()
         first = hi  # the lowest bucket holding a positive: the suffix sums are needed from it up
         for j in range(q):
             first = min(first, key[pos[j]])
-        run = np.int64(0)
+        run = acc[n_buckets]  # 0 (no key reaches it), in the counts' type
         for g in range(hi, first - 1, -1):  # in place: acc[g] = the clips of bucket g and above
             run += acc[g]
             acc[g] = run
         total = 0.0
         for j in range(q):
             g = key[pos[j]]
-            above = acc[g + 1] >> 32  # negatives of higher buckets
+            above = acc[g + 1] >> shift  # negatives of higher buckets
             if what == AP:  # at least those above it, at most the positives of its bucket and above
                 tp = acc[g] & low
                 total += tp / (tp + above)
@@ -146,8 +148,12 @@ def _bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, pos: np.ndarr
 
 
 def bound_increments(labels: np.ndarray) -> np.ndarray:
-    """Each clip's increment of its bucket's packed count in `bound_rows`: 1 a positive, 1 << 32 a negative."""
-    return np.where(np.asarray(labels, dtype=bool), 1, 1 << 32).astype(np.int64)
+    """Each clip's increment of its bucket's packed count in `bound_rows`: 1 a positive, 1 << 16 a negative
+    (uint32) below 2**16 clips, else 1 << 32 (int64)."""
+    labels = np.asarray(labels, dtype=bool)
+    if len(labels) < 1 << 16:
+        return np.where(labels, 1, 1 << 16).astype(np.uint32)
+    return np.where(labels, 1, 1 << 32).astype(np.int64)
 
 
 def bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, positives: np.ndarray, n_members: int,
@@ -159,11 +165,11 @@ def bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, positives: np.
     ``n_buckets`` equal parts of [0, (max s + vmax) / n_members]: monotone, and equal averages share a
     bucket. For AP each positive is credited with only the negatives of higher buckets and every positive
     of its bucket and above; for AUC it ranks above every negative of its bucket and below: the most the
-    exact order can give it. O(N + buckets) a row (one count per bucket packed as negatives << 32 |
+    exact order can give it. O(N + buckets) a row (one count per bucket packed as negatives << 16 or 32 |
     positives), about half an exact row's cost."""
     out = np.empty(len(block))
     span = (float(np.max(s)) + float(vmax)) / n_members
     to_bucket = (n_buckets - 1) / span if span > 0 else 0.0
-    _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block), inc,
+    _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block), inc, 16 if inc.dtype == np.uint32 else 32,
                 np.ascontiguousarray(positives, dtype=np.int64), int(n_members), to_bucket, int(n_buckets), what, out)
     return out
