@@ -4,9 +4,10 @@ Synthetic library of correlated models (families sharing errors), mAP objective.
 step (no best-prefix cut) so the full pick sequences can be compared. The fast mode is timed with 1
 and with 2 threads (classes split over threads); the reference is single-threaded. When the reference
 would take longer than --ref-budget seconds, it runs a prefix of the steps and its per-step time is
-extrapolated. The fast mode runs --repeats times and its median is reported (a 2 s run is
-exposed to the machine's speed changing; the reference's minute of steps averages them). Then each vectorized metric (--metrics: auc, lwlrap, f1) is timed against the same
-selection making one metric call per candidate. The AudioSet size (M=1000, N=20000, C=527, sharded
+extrapolated. The fast mode runs --repeats times and its median is reported (a 2 s run is exposed
+to the machine's speed changing; the reference's minute of steps averages them). Then each vectorized
+metric (--metrics: auc, lwlrap, f1) is timed against the same selection making one metric call per
+candidate. The AudioSet size (M=1000, N=20000, C=527, sharded
 over Ray workers) is benchmarks/ensemble_selection_audioset.py.
 
     python benchmarks/ensemble_selection.py            # M=200, N=5000, C=20, K=50

@@ -22,9 +22,8 @@ import time
 import numpy as np
 import ray
 
-from harmonia.ensembles.sharded import ShardedLibrary, start_workers
+from harmonia.ensembles.sharded import ShardedLibrary, sharded_library, start_workers
 from harmonia.ensembles.selection_core import greedy_loop
-from harmonia.ensembles.selection_metrics import CLASS_SCORERS
 from harmonia.metrics import get_metric
 
 PALETTE = (np.arange(256) / 256).astype(np.float32)
@@ -102,11 +101,8 @@ def run(workers_n: int, m: int, n: int, c: int, steps: int, seed: int) -> dict:
     sampler.start()
     t0 = time.perf_counter()
     workers = start_workers(generator(m, n, seed), c, workers_n, metric)
-    n_cells = sum(ray.get([w.n_cells.remote() for w in workers]))
+    lib = sharded_library(workers, m, metric, library=TimedLibrary)
     t_gen = time.perf_counter() - t0
-    lib = TimedLibrary(workers, m, n_cells, CLASS_SCORERS["mAP"])
-    if all(ray.get([w.counting.remote() for w in workers])):
-        lib.path = "sharded-counting"
     t1 = time.perf_counter()
     sel = greedy_loop(lib, steps, metric, 1, False)
     t_sel = time.perf_counter() - t1

@@ -16,13 +16,11 @@ import os
 import numpy as np
 
 from harmonia.ensembles.selection_core import (AUTO_INIT_MAX, TIE_TOL, Selection, check_library,  # noqa: F401
-                                               first_best, greedy_loop, weighted_score)
+                                               first_best, greedy_loop, pruned_scores, weighted_score)
 from harmonia.ensembles.selection_metrics import CLASS_SCORERS, LwlrapScorer, class_major
 from harmonia.ensembles.selection_reference import reference_ensemble_selection  # noqa: F401
 from harmonia.metrics import METRICS, Metric, average_precision_per_class, bce, get_metric
 
-BOUNDED_BATCH = 2
-"""Candidates scored exactly in the first batch of a bounded step (then all whose bound reaches the best so far)."""
 SMALL_ELEMENTS = 2**13
 """Libraries of at most this many (class, candidate, clip) cells are scored in one exact call (`_small`)."""
 
@@ -83,22 +81,10 @@ class _InProcess:
         return self.block.finalize(self.block.stats(self.s, n_members))
 
     def _bounded(self, n_members: int) -> np.ndarray:
-        """Exact scores of the candidates that can win the step, NaN for the others: candidates are scored in
-        decreasing order of a cheap upper bound (`ClassBlockScorer.bound_stats`) until the next bound is
-        below the best exact score by more than the tie tolerance, so every candidate the tie rules could
-        pick is scored exactly and the picks are those of scoring all."""
+        """Exact scores of the candidates that can win the step, NaN for the others (`pruned_scores` over the
+        cheap upper bounds of `ClassBlockScorer.bound_stats`)."""
         upper = self.block.finalize(self.block.bound_stats(self.s, n_members))
-        order = np.argsort(-np.nan_to_num(upper, nan=-np.inf), kind="stable")
-        out = np.full(self.n_models, np.nan)
-        best, done = -np.inf, 0
-        while done < len(order) and not upper[order[done]] < best - 2 * TIE_TOL:
-            # the first batch by bound, then every candidate whose bound reaches the best exact score so far
-            reach = np.flatnonzero(~(upper[order[done:]] < best - 2 * TIE_TOL))
-            cands = order[done : done + (BOUNDED_BATCH if done == 0 else int(reach[-1]) + 1)]
-            out[cands] = self.block.finalize(self.block.stats(self.s, n_members, cands))
-            best = max(best, float(np.nanmax(out[cands], initial=-np.inf)))
-            done += len(cands)
-        return out
+        return pruned_scores(upper, lambda cands: self.block.finalize(self.block.stats(self.s, n_members, cands)))
 
     def _small(self, n_members: int) -> np.ndarray:
         """Small libraries (the inner folds of honest scores): every candidate and class in one exact float64
@@ -188,7 +174,7 @@ def ensemble_selection(
         from harmonia.ensembles.sharded import array_loader, sharded_selection
 
         return sharded_selection(array_loader(p, t), p.shape[2], len(p), shards, size, met, init,
-                                 keep_best_prefix, exact, address)
+                                 keep_best_prefix, exact, address, bounds)
     threads = n_threads if n_threads is not None else 1
     m_models = len(p)
     idx = np.arange(m_models)

@@ -23,6 +23,9 @@ TIE_TOL = 1e-12
 AUTO_INIT_MAX = 25
 """init="auto" tries sorted initializations with 1..AUTO_INIT_MAX best models."""
 
+BOUNDED_BATCH = 2
+"""Candidates scored exactly in the first batch of a bounded step (then all whose bound reaches the best so far)."""
+
 
 @dataclass
 class Selection:
@@ -31,7 +34,8 @@ class Selection:
     ``curve[0]`` is the initial ensemble's score, ``curve[i]`` the score after greedy step i;
     ``best_step`` indexes the best point of the curve (0 = initialization only). ``path`` says how
     candidates were scored: "vectorized", "counting" (vectorized, dyadic scores counted without sorting),
-"per-candidate", "sharded" or "sharded-counting" (vectorized on Ray workers).
+"bounded" (vectorized, candidates pruned by upper bounds first), "per-candidate", "sharded",
+"sharded-bounded" or "sharded-counting" (the same on Ray workers).
     """
 
     weights: np.ndarray
@@ -99,6 +103,25 @@ def weighted_sum(weights: np.ndarray, member: Callable[[int], np.ndarray]) -> np
 def weighted_score(preds: np.ndarray, y: np.ndarray, weights: np.ndarray, metric: Metric) -> float:
     """Metric of the weighted average of ``preds`` (only the models with weight are read, one at a time)."""
     return metric(y, weighted_sum(weights, lambda m: preds[m]))
+
+
+def pruned_scores(upper: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], first: int = BOUNDED_BATCH
+                  ) -> np.ndarray:
+    """Exact scores (``exact(candidates)``) of the candidates that can win a step, NaN for the others, given
+    upper bounds of every candidate's score (higher is better): candidates are scored in decreasing order of
+    their bound, ``first`` of them, then every one whose bound reaches the best exact score so far, until the
+    next bound is below that score by more than the tie tolerance. Every candidate the tie rules of
+    `choose` could pick is scored exactly, so the picks are those of scoring all."""
+    order = np.argsort(-np.nan_to_num(upper, nan=-np.inf), kind="stable")
+    out = np.full(len(upper), np.nan)
+    best, done = -np.inf, 0
+    while done < len(order) and not upper[order[done]] < best - 2 * TIE_TOL:
+        reach = np.flatnonzero(~(upper[order[done:]] < best - 2 * TIE_TOL))
+        cands = order[done : done + (first if done == 0 else int(reach[-1]) + 1)]
+        out[cands] = exact(cands)
+        best = max(best, float(np.nanmax(out[cands], initial=-np.inf)))
+        done += len(cands)
+    return out
 
 
 def choose(signed: np.ndarray, in_ensemble: np.ndarray, lib: Library, n_members: int) -> int:

@@ -4,7 +4,8 @@ Macro metrics decompose over classes (`selection_metrics.CLASS_SCORERS`), so eac
 class block of the library ``[Cb, M, N]`` (loaded or generated inside the actor: the driver never
 holds the library), keeps its part of the running sum S, and each step returns the M candidates'
 additive statistics; the driver sums them, applies the shared tie rules (`selection_core`) and
-broadcasts the pick. The cluster is the one `harmonia search` uses (`harmonia.search.cluster.connect`:
+broadcasts the pick. Ranked metrics off a counting grid (mAP, ROC AUC) are bounded as in-process: the
+workers return upper bounds first, then exact statistics of only the candidates that can win. The cluster is the one `harmonia search` uses (`harmonia.search.cluster.connect`:
 None = a local Ray, or `auto`, `HOST:PORT`, `ray://HOST:PORT`).
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import ray
 
-from harmonia.ensembles.selection_core import Selection, greedy_loop, weighted_sum
+from harmonia.ensembles.selection_core import Selection, greedy_loop, pruned_scores, weighted_sum
 from harmonia.ensembles.selection_metrics import CLASS_SCORERS, ClassBlockScorer, class_major
 from harmonia.metrics import BCE_EPS, METRICS, Metric
 
@@ -38,8 +39,15 @@ class BlockWorker:
     def counting(self) -> bool:
         return self.scorer.grid is not None
 
-    def stats(self, n_members: int) -> np.ndarray:
-        return self.scorer.stats(self.s, n_members)
+    def bounded(self) -> bool:
+        """Whether this block's scorer has upper bounds (ranked metrics off a counting grid)."""
+        return self.scorer.bound_what is not None and self.scorer.grid is None
+
+    def stats(self, n_members: int, candidates: list[int] | None = None) -> np.ndarray:
+        return self.scorer.stats(self.s, n_members, None if candidates is None else np.asarray(candidates))
+
+    def bound_stats(self, n_members: int) -> np.ndarray:
+        return self.scorer.bound_stats(self.s, n_members)
 
     def losses(self, n_members: int, candidates: list[int]) -> np.ndarray:
         """Summed BCE of (S + p_m) / n over this block's cells, for each candidate."""
@@ -75,13 +83,20 @@ class ShardedLibrary:
 
     path = "sharded"
 
-    def __init__(self, workers: list, n_models: int, n_cells: int, scorer: type[ClassBlockScorer]) -> None:
+    def __init__(self, workers: list, n_models: int, n_cells: int, scorer: type[ClassBlockScorer],
+                 bounded: bool = False) -> None:
         self.workers, self.n_models, self.n_cells, self.scorer = workers, n_models, n_cells, scorer
+        self.bounded = bounded
+        self.path = "sharded-bounded" if bounded else self.path
 
     def _sum(self, calls: list) -> np.ndarray:
         return np.sum(ray.get(calls), axis=0)
 
     def scores(self, n_members: int, winners_only: bool = False) -> np.ndarray:
+        if winners_only and self.bounded:  # bounds summed over the blocks, then exact scores of the few that can win
+            upper = self.scorer.finalize(self._sum([w.bound_stats.remote(n_members) for w in self.workers]))
+            return pruned_scores(upper, lambda cands: self.scorer.finalize(
+                self._sum([w.stats.remote(n_members, [int(m) for m in cands]) for w in self.workers])))
         return self.scorer.finalize(self._sum([w.stats.remote(n_members) for w in self.workers]))
 
     def losses(self, n_members: int, candidates: np.ndarray) -> np.ndarray:
@@ -136,24 +151,33 @@ def start_workers(load: BlockLoader, n_classes: int, shards: int, metric: Metric
     return [actor.remote(load, c0, c1, metric.name, exact) for c0, c1 in class_blocks(n_classes, shards)]
 
 
-def select_on(workers: list, n_models: int, size: int, metric: Metric, init: int | str = 1,
-              keep_best_prefix: bool = True) -> Selection:
-    """Greedy selection on started `BlockWorker` actors (`start_workers`); they stay up afterwards."""
+def sharded_library(workers: list, n_models: int, metric: Metric, bounds: bool = True,
+                    library: type[ShardedLibrary] = ShardedLibrary) -> ShardedLibrary:
+    """The `ShardedLibrary` of started `BlockWorker` actors: bounded steps (``bounds``, exact scores only)
+    when every block has upper bounds, and the path that says how the blocks score."""
     n_cells = sum(ray.get([w.n_cells.remote() for w in workers]))
-    lib = ShardedLibrary(workers, n_models, n_cells, CLASS_SCORERS[metric.name])
+    bounded = bounds and all(ray.get([w.bounded.remote() for w in workers]))
+    lib = library(workers, n_models, n_cells, CLASS_SCORERS[metric.name], bounded)
     if all(ray.get([w.counting.remote() for w in workers])):
         lib.path = "sharded-counting"
-    return greedy_loop(lib, size, metric, init, keep_best_prefix)
+    return lib
+
+
+def select_on(workers: list, n_models: int, size: int, metric: Metric, init: int | str = 1,
+              keep_best_prefix: bool = True, bounds: bool = True) -> Selection:
+    """Greedy selection on started `BlockWorker` actors (`start_workers`); they stay up afterwards."""
+    return greedy_loop(sharded_library(workers, n_models, metric, bounds), size, metric, init, keep_best_prefix)
 
 
 def sharded_selection(
     load: BlockLoader, n_classes: int, n_models: int, shards: int, size: int, metric: Metric,
     init: int | str = 1, keep_best_prefix: bool = True, exact: bool = True, address: str | None = None,
+    bounds: bool = True,
 ) -> Selection:
     """Greedy selection over a library given by class blocks, scored on ``shards`` Ray actors."""
     workers = start_workers(load, n_classes, shards, metric, exact, address)
     try:
-        return select_on(workers, n_models, size, metric, init, keep_best_prefix)
+        return select_on(workers, n_models, size, metric, init, keep_best_prefix, bounds and exact)
     finally:
         for w in workers:
             ray.kill(w)
