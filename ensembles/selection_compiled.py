@@ -111,40 +111,52 @@ def threshold_counts(s: np.ndarray, block: np.ndarray, labels: np.ndarray, t_sta
 
 
 @numba.njit(cache=True, nogil=True)
+def _bound_of(key: np.ndarray, acc: np.ndarray, lo: int, hi: int, pos: np.ndarray, shift: int, n_neg: int,
+              what: int) -> float:
+    """One row's bound from its clips' buckets ``key`` and packed bucket counts ``acc`` (emptied after)."""
+    q = pos.shape[0]
+    low = (1 << shift) - 1
+    first = hi  # the lowest bucket holding a positive: the suffix sums are needed from it up
+    for j in range(q):
+        first = min(first, key[pos[j]])
+    run = acc[acc.shape[0] - 1]  # 0 (no key reaches it), in the counts' type
+    for g in range(hi, first - 1, -1):  # in place: acc[g] = the clips of bucket g and above
+        run += acc[g]
+        acc[g] = run
+    total = 0.0
+    for j in range(q):
+        g = key[pos[j]]
+        above = acc[g + 1] >> shift  # negatives of higher buckets
+        if what == AP:  # at least those above it, at most the positives of its bucket and above
+            tp = acc[g] & low
+            total += tp / (tp + above)
+        else:  # at most the negatives of its bucket and below, below it (ties counted whole)
+            total += n_neg - above
+    acc[lo : hi + 1] = 0
+    return total / q if what == AP else total / (q * n_neg)
+
+
+@numba.njit(cache=True, nogil=True)
 def _bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, shift: int, pos: np.ndarray, n_members: int,
                 to_bucket: float, n_buckets: int, what: int, out: np.ndarray) -> None:
-    n, q = s.shape[0], pos.shape[0]
-    n_neg = n - q
-    low = (1 << shift) - 1
-    key = np.empty(n, np.int32)  # each clip's bucket
-    acc = np.zeros(n_buckets + 1, inc.dtype)  # per bucket: negatives << shift | positives; then suffix sums
+    n, b = s.shape[0], block.shape[0]
+    n_neg = n - pos.shape[0]
+    key0, key1 = np.empty(n, np.int32), np.empty(n, np.int32)  # each clip's bucket, two rows at a time
+    acc0, acc1 = np.zeros(n_buckets + 1, inc.dtype), np.zeros(n_buckets + 1, inc.dtype)  # packed counts
     top = np.int32(n_buckets - 1)
-    for r in range(block.shape[0]):
-        lo, hi = top, np.int32(0)
+    for r0 in range(0, b, 2):  # two independent rows interleaved: one read of s, twice the work in flight
+        r1 = min(r0 + 1, b - 1)
+        lo0, hi0, lo1, hi1 = top, np.int32(0), top, np.int32(0)
         for i in range(n):  # buckets of the averages themselves: equal averages share a bucket
-            k = min(np.int32((s[i] + block[r, i]) / n_members * to_bucket), top)
-            key[i] = k
-            lo, hi = min(lo, k), max(hi, k)
+            k0 = min(np.int32((s[i] + block[r0, i]) / n_members * to_bucket), top)
+            k1 = min(np.int32((s[i] + block[r1, i]) / n_members * to_bucket), top)
+            key0[i], key1[i] = k0, k1
+            lo0, hi0, lo1, hi1 = min(lo0, k0), max(hi0, k0), min(lo1, k1), max(hi1, k1)
         for i in range(n):
-            acc[key[i]] += inc[i]
-        first = hi  # the lowest bucket holding a positive: the suffix sums are needed from it up
-        for j in range(q):
-            first = min(first, key[pos[j]])
-        run = acc[n_buckets]  # 0 (no key reaches it), in the counts' type
-        for g in range(hi, first - 1, -1):  # in place: acc[g] = the clips of bucket g and above
-            run += acc[g]
-            acc[g] = run
-        total = 0.0
-        for j in range(q):
-            g = key[pos[j]]
-            above = acc[g + 1] >> shift  # negatives of higher buckets
-            if what == AP:  # at least those above it, at most the positives of its bucket and above
-                tp = acc[g] & low
-                total += tp / (tp + above)
-            else:  # at most the negatives of its bucket and below, below it (ties counted whole)
-                total += n_neg - above
-        out[r] = total / q if what == AP else total / (q * n_neg)
-        acc[lo : hi + 1] = 0
+            acc0[key0[i]] += inc[i]
+            acc1[key1[i]] += inc[i]
+        out[r0] = _bound_of(key0, acc0, lo0, hi0, pos, shift, n_neg, what)
+        out[r1] = _bound_of(key1, acc1, lo1, hi1, pos, shift, n_neg, what)
 
 
 def bound_increments(labels: np.ndarray) -> np.ndarray:
