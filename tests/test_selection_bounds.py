@@ -42,6 +42,22 @@ def test_bounds_are_upper_bounds_and_tight_with_fine_buckets(what: int, score) -
     assert max(gaps) > 0.05  # coarse buckets do loosen the bound: the check above can fail
 
 
+@pytest.mark.parametrize("what,score", [(AP, average_precision_score), (AUC, roc_auc_score)], ids=["AP", "AUC"])
+def test_bounds_count_in_int64_from_2_16_clips(what: int, score) -> None:
+    """Below 2**16 clips the bucket counts pack into uint32, from there into int64: both give upper bounds."""
+    rng = np.random.default_rng(3)
+    for n in (2**16 - 1, 2**16 + 7):
+        y = rng.random(n) < 0.3
+        s = np.round(rng.random(n) * 50) / 50 * 2
+        rows = (np.round(rng.random((3, n)) * 50) / 50).astype(np.float32)
+        inc = bound_increments(y)
+        assert inc.dtype == (np.uint32 if n < 2**16 else np.int64)
+        exact = np.array([score(y, (s + r) / 3) for r in rows])
+        up = bound_rows(s, rows, inc, np.flatnonzero(y), 3, what, 1.0, 1 << 15)
+        assert np.all(up >= exact - 1e-12)
+        assert np.all(up - exact < 0.01)  # and tight with fine buckets
+
+
 def _counting_rows(monkeypatch) -> dict[str, int]:
     """Count the candidate rows scored exactly (class_stats calls, per class)."""
     counts = {"rows": 0}
