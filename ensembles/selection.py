@@ -6,12 +6,16 @@ vectorized scorer (`selection_metrics`: mAP, ROC AUC, micro F1, lwlrap) score ev
 step at once ("counting" where the scores lie on a power-of-two grid, `selection_counting`); other
 metrics make one metric call per candidate, and ``Selection.path`` says which.
 Libraries larger than ``memory_limit`` are refused here and go to `harmonia.ensembles.sharded`
-(``shards=``, ``address=``). Everything is fitted on the data passed in (the caller's valid).
+(``shards=``, ``address=``, or every selection inside `sharding`: `harmonia ensemble --shards`). Everything is fitted on the data passed in (the caller's valid).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,8 +29,45 @@ SMALL_ELEMENTS = 2**13
 """Libraries of at most this many (class, candidate, clip) cells are scored in one exact call (`_small`)."""
 
 
+MEMORY_ENV = "HARMONIA_SELECTION_MEMORY_MB"
+"""Environment variable: MB the in-process path may use for its copy of the library (default half the RAM)."""
+
+
+class LibraryTooLarge(MemoryError):
+    """A library whose in-process copy would pass the memory limit: refused before copying."""
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """Where `ensemble_selection` sends libraries that do not fit in-process (see `sharding`)."""
+
+    shards: int
+    address: str | None = None
+
+
+_SHARDING: ContextVar[Sharding | None] = ContextVar("harmonia_sharding", default=None)
+
+
+@contextmanager
+def sharding(shards: int, address: str | None = None) -> Iterator[Sharding]:
+    """Inside, selections whose library would be refused in-process (`check_memory`) run sharded over
+    ``shards`` Ray workers on the cluster at ``address`` (as `harmonia search --address`; None: a local
+    Ray); smaller ones, such as most inner folds and bags, stay in-process. `harmonia ensemble --shards`."""
+    token = _SHARDING.set(Sharding(int(shards), address))
+    try:
+        yield _SHARDING.get()
+    finally:
+        _SHARDING.reset(token)
+
+
 def default_memory_limit() -> int:
-    """Bytes the in-process path may use for its class-major copy of the library: half the machine's RAM."""
+    """Bytes the in-process path may use for its class-major copy of the library: ``$HARMONIA_SELECTION_MEMORY_MB``
+    when set, else half the machine's RAM."""
+    if (mb := os.environ.get(MEMORY_ENV)) is not None:
+        try:
+            return int(float(mb) * 2**20)
+        except ValueError:
+            raise ValueError(f"{MEMORY_ENV}={mb!r}: expected a number of megabytes") from None
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError):
@@ -113,15 +154,21 @@ class _InProcess:
         return weighted_score(self.preds, self.y, weights, self.metric)
 
 
+def _copy_bytes(preds: np.ndarray) -> int:
+    """Bytes of the in-process path's class-major copy of ``preds``."""
+    return preds.shape[0] * preds.shape[1] * preds.shape[2] * max(4, preds.dtype.itemsize)
+
+
 def check_memory(preds: np.ndarray, memory_limit: int | None) -> None:
     """Refuse (before copying) a library whose class-major copy would pass ``memory_limit`` bytes."""
     limit = default_memory_limit() if memory_limit is None else int(memory_limit)
-    need = preds.shape[0] * preds.shape[1] * preds.shape[2] * max(4, preds.dtype.itemsize)
+    need = _copy_bytes(preds)
     if need > limit:
         m, n, c = preds.shape
-        raise MemoryError(
+        raise LibraryTooLarge(
             f"library [M={m}, N={n}, C={c}] needs {need / 2**30:.2f} GiB for in-process selection, over the "
-            f"limit of {limit / 2**30:.2f} GiB (memory_limit): shard it over Ray workers by class block with "
+            f"limit of {limit / 2**30:.2f} GiB (memory_limit, ${MEMORY_ENV}): shard it over Ray workers by "
+            f"class block with `harmonia ensemble --shards W [--address HOST:PORT]`, or "
             f"ensemble_selection(..., shards=W, address=...) or harmonia.ensembles.sharded.sharded_selection")
 
 
@@ -168,6 +215,10 @@ def ensemble_selection(
     """
     p, t = check_library(preds, y)
     met = get_metric(metric)
+    ctx = _SHARDING.get()
+    if (shards is None and ctx is not None and not bagging and prune_top is None and met.name in CLASS_SCORERS
+            and _copy_bytes(p) > (default_memory_limit() if memory_limit is None else int(memory_limit))):
+        shards, address = min(ctx.shards, p.shape[2]), ctx.address  # too large here: to the workers
     if shards is not None:
         if bagging or prune_top is not None:
             raise ValueError("shards: bagging and prune_top run in-process only")

@@ -148,6 +148,7 @@ def _guard(fn):
     from harmonia.data.datasets import DatasetError
     from harmonia.ensembles.bundle import BundleError
     from harmonia.ensembles.library import LibraryError
+    from harmonia.ensembles.selection import LibraryTooLarge
     from harmonia.search.cluster import ClusterError
     from harmonia.search.failures import SearchFailed
     from harmonia.spaces import SpaceError
@@ -156,7 +157,7 @@ def _guard(fn):
     try:
         return fn()
     except (ConfigError, SpaceError, DatasetError, AudioError, ClusterError, TrackingError, LibraryError,
-            BundleError, FileNotFoundError) as err:
+            BundleError, LibraryTooLarge, FileNotFoundError) as err:
         fail(str(err))
     except SearchFailed as err:
         fail(str(err), code=1)
@@ -178,11 +179,32 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
                                                              "this per clip (CPU, batch 1): 20ms, 0.5s"),
              max_members: Optional[int] = typer.Option(None, min=1, help="recommend the best honest ensemble of at "
                                                                          "most N members"),
+             shards: Optional[int] = typer.Option(None, min=1, help="greedy selections whose library does not fit "
+                                                                    "in this process run on this many Ray workers, "
+                                                                    "one class block each"),
+             address: Optional[str] = typer.Option(None, help="with --shards: the Ray cluster, as harmonia search "
+                                                              "--address ('auto', HOST:PORT or ray://HOST:PORT; "
+                                                              "default a local Ray)"),
              config: Optional[Path] = typer.Option(None, help="take the tracking URI from this config"),
              tracking_uri: Optional[str] = UriOption):
     """Ensembles fitted on valid from the finished trials of EXPERIMENT, each scored honestly on held-out
     folds of valid; one MLflow run per method and a recommendation for export (within --budget /
     --max-members when given)."""
+    if address is not None and shards is None:
+        fail("--address: needs --shards W (the number of Ray workers holding the library's class blocks)")
+    if shards is not None:
+        from harmonia.ensembles.selection import sharding
+
+        with sharding(shards, address):
+            return _ensemble(experiment, size, metric, method, top_k, folds, rule, snapshots, pareto, budget,
+                             max_members, config, tracking_uri)
+    return _ensemble(experiment, size, metric, method, top_k, folds, rule, snapshots, pareto, budget, max_members,
+                     config, tracking_uri)
+
+
+def _ensemble(experiment: str, size: int, metric: str, method: str, top_k: int, folds: int, rule: str,
+              snapshots: bool, pareto: bool, budget: Optional[str], max_members: Optional[int],
+              config: Optional[Path], tracking_uri: Optional[str]) -> None:
     from harmonia.ensembles.honest import RULES
     from harmonia.ensembles.methods import METHODS
     from harmonia.ensembles.stage import build_ensembles

@@ -234,3 +234,44 @@ def test_tracked_library_collapses_duplicates_uses_groups_and_recommends(tmp_pat
     assert {"honest_valid", "honest_valid_se", "insample_valid", "test"} <= set(table.columns)
     m = chosen[0].data.metrics
     assert {"honest_valid_mAP", "honest_valid_mAP_se", "insample_valid_mAP", "test_mAP"} <= set(m)
+
+
+@pytest.mark.slow  # about a minute: every selection of the honest folds starts its two Ray actors
+def test_ensemble_shards_a_library_too_large_for_the_process(tmp_path, ray_local, monkeypatch):
+    """`harmonia ensemble` refuses a library over the in-process memory limit with a line naming --shards;
+    with --shards 2 its selections run on two Ray workers (class blocks) and log what in-process ones do."""
+    from typer.testing import CliRunner
+
+    from harmonia import tracking
+    from harmonia.cli import app
+    from harmonia.ensembles.selection import MEMORY_ENV, ensemble_selection, sharding
+
+    preds, y = _library(7, m=5, n=60, c=3)
+    uri = _tracked_library(tmp_path, preds[:, :40], preds[:, 40:], y[:40], y[40:], [f"rec{i // 4}" for i in range(40)])
+    args = ["ensemble", "-e", "lib", "--method", "selection", "--size", "4", "--folds", "2", "--tracking-uri", uri]
+    runner = CliRunner()
+    res = runner.invoke(app, [*args, "--address", "auto"])
+    assert res.exit_code != 0 and "needs --shards" in res.output
+    res = runner.invoke(app, args)  # in-process first (the memory limit is half the RAM)
+    assert res.exit_code == 0, res.output
+
+    monkeypatch.setenv(MEMORY_ENV, "0.0001")  # about 100 bytes: every selection library is too large here
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0 and "--shards W" in res.output and "Traceback" not in res.output
+    with sharding(2):  # the switch itself: too large here, so sharded, with the in-process picks
+        sharded = ensemble_selection(preds, y, size=4, metric="mAP")
+    monkeypatch.delenv(MEMORY_ENV)
+    assert sharded.path == "sharded-bounded"
+    assert sharded.picks == ensemble_selection(preds, y, size=4, metric="mAP").picks
+    monkeypatch.setenv(MEMORY_ENV, "0.0001")
+    res = runner.invoke(app, [*args, "--shards", "2"])
+    assert res.exit_code == 0, res.output
+
+    c = tracking.client(uri)
+    runs = c.search_runs([c.get_experiment_by_name("lib").experiment_id],
+                         filter_string=f"tags.`{tracking.KIND_TAG}` = 'ensemble' and tags.`harmonia.method` = 'selection'")
+    assert len(runs) == 2
+    first, second = (r.data for r in runs)
+    assert first.metrics.keys() == second.metrics.keys() and first.metrics
+    for key, value in first.metrics.items():
+        assert second.metrics[key] == pytest.approx(value, abs=1e-12), key
