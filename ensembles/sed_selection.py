@@ -1,9 +1,10 @@
 """Greedy ensemble selection by an SED objective: members picked on their combined frame outputs.
 
 Caruana et al. 2004 forward selection with replacement, as ensembles/greedy.py, but each candidate
-ensemble is scored on the weighted average of its members' frame probabilities [N, T, C] by an event
-objective: event F1 at the trials' decoding (threshold 0.5, 0.45 s median filter: what `search.metric:
-event_f1` scores per epoch) or PSDS1/PSDS2 (threshold-free). The final ensemble's thresholds and
+ensemble is scored on the weighted average of its members' frame probabilities [N, T, C] by an SED
+objective: frame-level mAP or F1 (every output frame a row: vectorized like clip tagging), event F1
+at the trials' decoding (threshold 0.5, 0.45 s median filter: what `search.metric: event_f1` scores
+per epoch) or PSDS1/PSDS2 (threshold-free). The final ensemble's thresholds and
 median filters are then fitted for event F1 as for every other method (`stage.fit_sed`).
 """
 
@@ -14,8 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from harmonia.ensembles.selection import ensemble_selection
+from harmonia.ensembles.selection_core import first_best
+from harmonia.metrics import get_metric
 from harmonia.psds import psds
-from harmonia.sed_metrics import EventArrays, event_counts, f_scores
+from harmonia.sed_metrics import EventArrays, event_counts, f_scores, segment_rolls
 from harmonia.trainables.tasks import epoch_decoding
 
 FrameObjective = Callable[[np.ndarray], float]
@@ -55,24 +59,61 @@ def psds2_objective(ref: EventArrays, hop: float) -> FrameObjective:
     return lambda p: psds(p, hop, ref, None, "psds2")
 
 
+@dataclass(frozen=True)
+class FrameLevel:
+    """A frame-level objective: a registered clip metric (mAP, f1) over every (clip, output frame) as one row,
+    against the frames the reference events touch (`segment_rolls` at the output hop). It decomposes by class
+    and by frame, so greedy selection by it is vectorized (`ensemble_selection` on [M, N * T, C])."""
+
+    metric: str
+    ref: EventArrays
+    hop: float
+
+    def targets(self, n: int, t: int, c: int) -> np.ndarray:
+        """[N, T, C] frame targets: a frame is active where a reference event overlaps it."""
+        return segment_rolls(self.ref, n, c, t, self.hop)
+
+    def __call__(self, p: np.ndarray) -> float:
+        n, t, c = p.shape
+        return float(get_metric(self.metric)(self.targets(n, t, c).reshape(n * t, c), p.reshape(n * t, c)))
+
+
+@register_sed_metric("frame_mAP")
+def frame_map_objective(ref: EventArrays, hop: float) -> FrameObjective:
+    """Macro AP over output frames (each frame a row; classes without an active frame left out)."""
+    return FrameLevel("mAP", ref, hop)
+
+
+@register_sed_metric("frame_f1")
+def frame_f1_objective(ref: EventArrays, hop: float) -> FrameObjective:
+    """Micro F1 of the output frames at threshold 0.5."""
+    return FrameLevel("f1", ref, hop)
+
+
 @dataclass
 class SedSelection:
-    """Member counts of the best prefix (`weights` sum to 1), the picks in order and each step's score."""
+    """Member counts of the best prefix (`weights` sum to 1), the picks in order and each step's score;
+    `path` says how candidates were scored (`ensemble_selection`'s path for frame-level objectives)."""
 
     picks: list[int]
     weights: np.ndarray
     curve: list[float]
     best_step: int
+    path: str = "per-candidate"
 
 
 def sed_greedy_selection(frames: np.ndarray, objective: FrameObjective, size: int = 20) -> SedSelection:
     """Start from the best single member, then add (with replacement) the member whose addition scores best,
-    `size` picks in all; the prefix with the best score is kept (ties: the shorter)."""
+    `size` picks in all; the prefix with the best score is kept (ties: the shorter). Frame-level objectives
+    score every candidate at once (`FrameLevel`, tie rules of `selection_core.choose`); others make one
+    objective call per candidate."""
     m = frames.shape[0]
     if m == 0:
         raise ValueError("no members to select from")
     if size < 1:
         raise ValueError(f"size {size}: expected an integer >= 1")
+    if isinstance(objective, FrameLevel):
+        return _frame_level_selection(frames, objective, size)
     total = np.zeros(frames.shape[1:], np.float64)
     picks: list[int] = []
     curve: list[float] = []
@@ -85,6 +126,17 @@ def sed_greedy_selection(frames: np.ndarray, objective: FrameObjective, size: in
     best_step = int(np.argmax(curve))
     counts = np.bincount(picks[: best_step + 1], minlength=m).astype(np.float64)
     return SedSelection(picks, counts / counts.sum(), curve, best_step)
+
+
+def _frame_level_selection(frames: np.ndarray, objective: FrameLevel, size: int) -> SedSelection:
+    """The same greedy selection by a frame-level objective: frames as rows of a clip-score library."""
+    m, n, t, c = frames.shape
+    y = objective.targets(n, t, c).reshape(n * t, c)
+    sel = ensemble_selection(frames.reshape(m, n * t, c), y, size=size - 1, metric=objective.metric, init=1,
+                             keep_best_prefix=False)
+    best_step = first_best(sel.curve)
+    counts = np.bincount(sel.picks[: best_step + 1], minlength=m).astype(np.float64)
+    return SedSelection(list(sel.picks), counts / counts.sum(), list(sel.curve), best_step, sel.path)
 
 
 def objective_of(name: str, ref: EventArrays, hop: float) -> FrameObjective:

@@ -30,6 +30,31 @@ def test_each_pick_is_the_addition_that_scores_best_and_the_best_prefix_is_kept(
     np.testing.assert_allclose(sel.weights, counts / counts.sum())
 
 
+@pytest.mark.parametrize("metric", ["mAP", "f1"])
+def test_frame_level_selection_scores_every_candidate_at_once_with_the_per_candidate_picks(metric):
+    """Frame-level objectives take the vectorized clip-score path; forced through one call per candidate
+    (the objective wrapped in a plain function) the picks, curve and weights are the same."""
+    from harmonia.ensembles.sed_selection import FrameLevel, sed_greedy_selection
+    from harmonia.sed_metrics import EventArrays
+
+    rng = np.random.default_rng(4)
+    n, t, c, hop = 30, 40, 3, 0.1
+    files, classes = rng.integers(0, n, 45), rng.integers(0, c, 45)
+    onsets = rng.uniform(0, 3.0, 45)
+    ref = EventArrays(files, classes, onsets, onsets + rng.uniform(0.2, 1.0, 45))
+    objective = FrameLevel(metric, ref, hop)
+    y = objective.targets(n, t, c)
+    skill = rng.uniform(0.5, 2.0, (8, 1, 1, 1))
+    frames = (1 / (1 + np.exp(-(skill * (2 * y - 1) + rng.normal(0, 1.5, (8, n, t, c)))))).astype(np.float32)
+    fast = sed_greedy_selection(frames, objective, size=6)
+    slow = sed_greedy_selection(frames, lambda p: objective(p), size=6)
+    assert fast.path in ("bounded", "vectorized") and slow.path == "per-candidate"
+    assert fast.picks == slow.picks and fast.best_step == slow.best_step
+    np.testing.assert_allclose(fast.curve, slow.curve, atol=1e-6)
+    np.testing.assert_allclose(fast.weights, slow.weights)
+    assert y.any() and not y.all() and objective(frames[fast.picks[0]]) == pytest.approx(fast.curve[0], abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def library(searched):
     from harmonia.ensembles.library import collect
@@ -38,7 +63,7 @@ def library(searched):
     return cfg, collect(cfg.tracking.uri, cfg.name, progress=False)
 
 
-@pytest.mark.parametrize("metric", ["event_f1", "psds1"])
+@pytest.mark.parametrize("metric", ["event_f1", "psds1", "frame_mAP"])
 def test_selection_on_a_real_sed_library_maximizes_the_objective(library, metric):
     from harmonia.ensembles import sed
     from harmonia.ensembles.sed_selection import objective_of
