@@ -5,8 +5,9 @@ class block of the library ``[Cb, M, N]`` (loaded or generated inside the actor:
 holds the library), keeps its part of the running sum S, and each step returns the M candidates'
 additive statistics; the driver sums them, applies the shared tie rules (`selection_core`) and
 broadcasts the pick. Ranked metrics off a counting grid (mAP, ROC AUC) are bounded as in-process: the
-workers return upper bounds first, then exact statistics of only the candidates that can win. The cluster is the one `harmonia search` uses (`harmonia.search.cluster.connect`:
-None = a local Ray, or `auto`, `HOST:PORT`, `ray://HOST:PORT`).
+workers return upper bounds first, then exact statistics of only the candidates that can win. The
+cluster is the one `harmonia search` uses (`harmonia.search.cluster.connect`: None = a local Ray, or
+`auto`, `HOST:PORT`, `ray://HOST:PORT`).
 """
 
 from __future__ import annotations
