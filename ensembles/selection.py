@@ -6,7 +6,8 @@ vectorized scorer (`selection_metrics`: mAP, ROC AUC, micro F1, lwlrap) score ev
 step at once ("counting" where the scores lie on a power-of-two grid, `selection_counting`); other
 metrics make one metric call per candidate, and ``Selection.path`` says which.
 Libraries larger than ``memory_limit`` are refused here and go to `harmonia.ensembles.sharded`
-(``shards=``, ``address=``, or every selection inside `sharding`: `harmonia ensemble --shards`). Everything is fitted on the data passed in (the caller's valid).
+(``shards=``, ``address=``, or every selection inside `sharding`: `harmonia ensemble --shards`).
+Everything is fitted on the data passed in (the caller's valid).
 """
 
 from __future__ import annotations
@@ -154,15 +155,15 @@ class _InProcess:
         return weighted_score(self.preds, self.y, weights, self.metric)
 
 
-def _copy_bytes(preds: np.ndarray) -> int:
-    """Bytes of the in-process path's class-major copy of ``preds``."""
-    return preds.shape[0] * preds.shape[1] * preds.shape[2] * max(4, preds.dtype.itemsize)
+def _memory_need(preds: np.ndarray, memory_limit: int | None) -> tuple[int, int]:
+    """(bytes of the in-process path's class-major copy of ``preds``, the limit they are held to)."""
+    need = preds.shape[0] * preds.shape[1] * preds.shape[2] * max(4, preds.dtype.itemsize)
+    return need, default_memory_limit() if memory_limit is None else int(memory_limit)
 
 
 def check_memory(preds: np.ndarray, memory_limit: int | None) -> None:
     """Refuse (before copying) a library whose class-major copy would pass ``memory_limit`` bytes."""
-    limit = default_memory_limit() if memory_limit is None else int(memory_limit)
-    need = _copy_bytes(preds)
+    need, limit = _memory_need(preds, memory_limit)
     if need > limit:
         m, n, c = preds.shape
         raise LibraryTooLarge(
@@ -216,8 +217,9 @@ def ensemble_selection(
     p, t = check_library(preds, y)
     met = get_metric(metric)
     ctx = _SHARDING.get()
+    need, limit = _memory_need(p, memory_limit)
     if (shards is None and ctx is not None and not bagging and prune_top is None and met.name in CLASS_SCORERS
-            and _copy_bytes(p) > (default_memory_limit() if memory_limit is None else int(memory_limit))):
+            and need > limit):
         shards, address = min(ctx.shards, p.shape[2]), ctx.address  # too large here: to the workers
     if shards is not None:
         if bagging or prune_top is not None:

@@ -182,6 +182,7 @@ def bound_rows(s: np.ndarray, block: np.ndarray, inc: np.ndarray, positives: np.
     out = np.empty(len(block))
     span = (float(np.max(s)) + float(vmax)) / n_members
     to_bucket = (n_buckets - 1) / span if span > 0 else 0.0
-    _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block), inc, 16 if inc.dtype == np.uint32 else 32,
+    shift = 16 if inc.dtype == np.uint32 else 32  # `bound_increments`' packing
+    _bound_rows(np.ascontiguousarray(s, dtype=np.float64), compiled_dtype(block), inc, shift,
                 np.ascontiguousarray(positives, dtype=np.int64), int(n_members), to_bucket, int(n_buckets), what, out)
     return out

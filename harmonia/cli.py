@@ -192,14 +192,13 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
     --max-members when given)."""
     if address is not None and shards is None:
         fail("--address: needs --shards W (the number of Ray workers holding the library's class blocks)")
-    if shards is not None:
-        from harmonia.ensembles.selection import sharding
+    from contextlib import nullcontext
 
-        with sharding(shards, address):
-            return _ensemble(experiment, size, metric, method, top_k, folds, rule, snapshots, pareto, budget,
-                             max_members, config, tracking_uri)
-    return _ensemble(experiment, size, metric, method, top_k, folds, rule, snapshots, pareto, budget, max_members,
-                     config, tracking_uri)
+    from harmonia.ensembles.selection import sharding
+
+    with sharding(shards, address) if shards is not None else nullcontext():
+        _ensemble(experiment, size, metric, method, top_k, folds, rule, snapshots, pareto, budget, max_members,
+                  config, tracking_uri)
 
 
 def _ensemble(experiment: str, size: int, metric: str, method: str, top_k: int, folds: int, rule: str,
