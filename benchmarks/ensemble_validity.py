@@ -52,15 +52,15 @@ def save_library(uri: str, experiment: str, out: Path) -> None:
     print(f"wrote {out}: {lib.valid.shape[0]} members, {len(lib.valid_ids)} valid / {len(lib.test_ids)} test clips")
 
 
-def _library(v, yv, gv, t, yt):
-    """A Library over resampled arrays; clip ids are positions, groups map them to their source."""
+def _library(v, yv, gv, t, yt, gt):
+    """A Library over resampled arrays; clip ids are positions, groups map them (valid and test) to their source."""
     from harmonia.ensembles.library import Library
 
     vid = [f"v{i}" for i in range(len(yv))]
     tid = [f"t{i}" for i in range(len(yt))]
     return Library(classes=[f"c{i}" for i in range(yv.shape[1])], run_ids=[f"m{i}" for i in range(len(v))],
                    run_names=[f"m{i}" for i in range(len(v))], valid_ids=vid, test_ids=tid, y_valid=yv, y_test=yt,
-                   valid=v, test=t, skipped={}, groups=dict(zip(vid, map(str, gv))))
+                   valid=v, test=t, skipped={}, groups=dict(zip(vid + tid, map(str, [*gv, *gt]))))
 
 
 def evaluate(args: tuple) -> dict:
@@ -69,11 +69,11 @@ def evaluate(args: tuple) -> dict:
     from harmonia.ensembles.stage import honest_method, honest_setup
     from harmonia.metrics import get_metric
 
-    v, yv, gv, t, yt, metric = args
+    v, yv, gv, t, yt, gt, metric = args
     m = get_metric(metric)
-    lib = _library(v, yv, gv, t, yt)
-    setup = honest_setup(lib)
-    groups = np.asarray([str(g) for g in gv])
+    lib = _library(v, yv, gv, t, yt, gt)
+    setup = honest_setup(lib)  # grouped unless the resample mixes valid's and test's sources (shift removed)
+    groups = setup.groups(lib, lib.valid_ids)
     out = {}
     for name in METHODS:
         kw = {"size": 20} if METHOD_INFO[name].sized else {}
@@ -110,7 +110,7 @@ def repick(result: dict, metric: str) -> dict:
 
 
 def resamples(lib: dict, scheme: str, r: int, seed: int):
-    """(valid preds, y, groups, test preds, y) for each of `r` resamples of one scheme."""
+    """(valid preds, y, groups, test preds, y, groups) for each of `r` resamples of one scheme."""
     from harmonia.ensembles.honest import bootstrap_indices
 
     rng = np.random.default_rng(seed)
@@ -120,11 +120,11 @@ def resamples(lib: dict, scheme: str, r: int, seed: int):
         if scheme == "shift kept":
             iv = bootstrap_indices(len(yv), gv, b=1, seed=int(rng.integers(2**31)))[0]
             it = bootstrap_indices(len(yt), gt, b=1, seed=int(rng.integers(2**31)))[0]
-            yield v[:, iv], yv[iv], gv[iv], t[:, it], yt[it]
+            yield v[:, iv], yv[iv], gv[iv], t[:, it], yt[it], gt[it]
         else:
             pv, py, pg = np.concatenate([v, t], 1), np.concatenate([yv, yt]), np.concatenate([gv, gt])
             a, b = grouped_split(pg, len(yv), rng) if scheme == "grouped resplit" else _halves(rng, len(py), len(yv))
-            yield pv[:, a], py[a], pg[a], pv[:, b], py[b]
+            yield pv[:, a], py[a], pg[a], pv[:, b], py[b], pg[b]
 
 
 def _halves(rng: np.random.Generator, n: int, n_valid: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import pandas as pd
 from harmonia import tracking
 from harmonia.ensembles.costs import cost_summary, ensemble_cost, fit_within, member_costs, run_costs
 from harmonia.ensembles.honest import HonestScore, honest_score
-from harmonia.ensembles.library import Library, LibraryError, clip_groups
+from harmonia.ensembles.library import Library, LibraryError
 from harmonia.ensembles.registry import FittedEnsemble, member_weights
 from harmonia.ensembles.stage import (HONEST_NOTE, RECOMMENDED_TAG, EnsembleReport, HonestSetup, compare, fit_sed,
                                       honest_method, labelled)
@@ -50,7 +50,7 @@ class BudgetPoint:
 def budget_point(lib: Library, setup: HonestSetup, costs: np.ndarray, metric: str, size: int,
                  budget_ms: float = math.inf, max_members: int | None = None) -> BudgetPoint:
     """`fit_within` on all of valid, scored honestly (refitted on K-1 folds, scored on the held-out one)."""
-    groups = clip_groups(lib, lib.valid_ids)
+    groups = setup.groups(lib, lib.valid_ids)
 
     def fit(rows: np.ndarray) -> FittedEnsemble:
         return fit_within(lib.valid[:, rows], lib.y_valid[rows], metric, costs, budget_ms, max_members, size)

@@ -4,9 +4,11 @@ A method (with everything it chooses: k, the greedy prefix, a regularization, th
 K-1 folds of the clips it is fitted on and predicts the held-out fold; the metric of those pooled
 held-out predictions, with a bootstrap standard error, is its honest score, and the final ensemble is
 refitted on all the clips. Folds are
-grouped when the dataset says which clips share a source (a recording, a location, a video), so a
-held-out fold holds sources the fit never saw, as new audio does; otherwise they are stratified by
-label set. The same folds serve every method, so their scores compare fold by fold.
+grouped when the dataset says which clips share a source (a recording, a location, a video) and its
+split keeps test's sources apart from valid's, so a held-out fold holds sources the fit never saw, as
+test and new audio do; they are stratified by label set when there are no groups or the split mixes
+sources (then test shares valid's sources, and clip-level folds mimic that). The same folds serve
+every method, so their scores compare fold by fold.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ DEFAULT_FOLDS = 5
 DEFAULT_REPEATS = 3
 RULES = ("anchored", "one_se", "paired_se", "best")
 DEFAULT_RULE = "anchored"
+GROUPINGS = ("auto", "source", "clip")
+DEFAULT_GROUPING = "auto"
+"""How honest folds split valid: `source` holds out whole groups, `clip` stratifies clips by label set,
+`auto` (default) holds out groups unless the dataset's split mixes sources (`split_mixes_sources`)."""
 ANCHOR = "bagged_selection"
 """The robust default the `anchored` rule keeps unless another candidate clearly beats it."""
 
@@ -78,6 +84,27 @@ def _label_sets(y: np.ndarray, k: int) -> np.ndarray:
 def has_groups(groups: Sequence[str] | np.ndarray | None) -> bool:
     """Whether `groups` says anything: some clips share a source (each clip its own group says nothing)."""
     return groups is not None and len(set(map(str, groups))) < len(groups)
+
+
+def split_mixes_sources(valid_groups: Sequence[str] | np.ndarray | None,
+                        test_groups: Sequence[str] | np.ndarray | None) -> bool:
+    """Whether the dataset's split shares sources between valid and test: most test clips come from a
+    source that valid clips come from too (a clip-level split of grouped data). False when either is unknown."""
+    if not has_groups(valid_groups) or test_groups is None or len(test_groups) == 0:
+        return False
+    seen = set(map(str, valid_groups))
+    return float(np.mean([str(g) in seen for g in test_groups])) > 0.5
+
+
+def folds_by_source(valid_groups: Sequence[str] | np.ndarray | None,
+                    test_groups: Sequence[str] | np.ndarray | None, grouping: str = "auto") -> bool:
+    """Whether honest folds hold out whole sources, for a `grouping` of GROUPINGS: they do when the groups say
+    anything, unless `grouping` is `clip`, or `auto` and the split mixes sources (folds mimic the split)."""
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping: unknown {grouping!r}; valid: {', '.join(GROUPINGS)}")
+    if grouping == "clip" or not has_groups(valid_groups):
+        return False
+    return grouping == "source" or not split_mixes_sources(valid_groups, test_groups)
 
 
 def clip_folds(y: np.ndarray, groups: Sequence[str] | np.ndarray | None = None, k: int = DEFAULT_FOLDS,

@@ -84,10 +84,10 @@ def fit_sed_selection(lib: Library, metric: str, size: int = 20, folds: int = DE
 
 
 def build_sed_selection(uri: str, experiment: str, *, metric: str, size: int = 20, folds: int = DEFAULT_FOLDS,
-                        progress: bool = True, snapshots: bool = True) -> SedSelectionReport:
+                        progress: bool = True, snapshots: bool = True, grouping: str = "auto") -> SedSelectionReport:
     """Collect the experiment's trials, select by `metric`, fit the event decisions, log one ensemble run."""
     lib = collect(uri, experiment, progress=progress, snapshots=snapshots)
-    fold_of = honest_setup(lib, folds, repeats=1).folds[0]
+    fold_of = honest_setup(lib, folds, repeats=1, grouping=grouping).folds[0]
     sel, table = fit_sed_selection(lib, metric, size, folds, fold_of)
     decided = fit_sed(lib, sel.weights, fold_of)
     c = tracking.client(uri)

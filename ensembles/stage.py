@@ -17,8 +17,8 @@ import pandas as pd
 from harmonia import tracking
 from harmonia.ensembles.artifacts import curve_png, per_class_table, weights_png
 from harmonia.ensembles.cross_validated import compare_oof, fit_inputs
-from harmonia.ensembles.honest import (DEFAULT_FOLDS, DEFAULT_REPEATS, DEFAULT_RULE, Candidate, HonestScore, has_groups, honest_score,
-                                      recommend, repeated_folds)
+from harmonia.ensembles.honest import (DEFAULT_FOLDS, DEFAULT_GROUPING, DEFAULT_REPEATS, DEFAULT_RULE, Candidate, HonestScore,
+                                      folds_by_source, has_groups, honest_score, recommend, repeated_folds)
 from harmonia.ensembles.library import Library, clip_groups, collect
 from harmonia.ensembles.methods import METHOD_INFO, FittedEnsemble, by_simplicity, fit_method, member_weights, uses_oof
 from harmonia.metrics import fit_thresholds, get_metric
@@ -33,9 +33,14 @@ class HonestSetup:
     """The folds every method of one library is scored on, and the scores already computed on them."""
 
     folds: list[np.ndarray]  # one fold index per valid clip, for each repeat
-    grouped: bool
+    grouped: bool  # folds hold out whole sources, and fits with an inner CV group by them too
     seed: int = 0
     cache: dict = field(default_factory=dict)
+    why: str = ""  # why the folds are not grouped although the library has groups
+
+    def groups(self, lib: Library, ids: list[str]) -> np.ndarray | None:
+        """The source groups of `ids` that fits on these folds see: none when the folds are not grouped."""
+        return clip_groups(lib, ids) if self.grouped else None
 
     @property
     def k(self) -> int:
@@ -43,7 +48,8 @@ class HonestSetup:
 
     def describe(self) -> str:
         times = f" x{len(self.folds)}" if len(self.folds) > 1 else ""
-        return f"{self.k}-fold{times} {'grouped by source' if self.grouped else 'stratified by label set'}"
+        why = f" ({self.why})" if self.why else ""
+        return f"{self.k}-fold{times} {'grouped by source' if self.grouped else 'stratified by label set'}{why}"
 
 
 @dataclass
@@ -65,10 +71,17 @@ class EnsembleReport:
         return [(self.library.run_ids[i], float(w[i])) for i in np.flatnonzero(w > 0)]
 
 
-def honest_setup(lib: Library, k: int = DEFAULT_FOLDS, repeats: int = DEFAULT_REPEATS, seed: int = 0) -> HonestSetup:
-    """Folds over the valid clips (`repeats` assignments): grouped when the library knows which share a source."""
-    groups = clip_groups(lib, lib.valid_ids)
-    return HonestSetup(repeated_folds(lib.y_valid, groups, k, repeats, seed), has_groups(groups), seed)
+def honest_setup(lib: Library, k: int = DEFAULT_FOLDS, repeats: int = DEFAULT_REPEATS, seed: int = 0,
+                 grouping: str = DEFAULT_GROUPING) -> HonestSetup:
+    """Folds over the valid clips (`repeats` assignments): grouped when the library knows which share a source,
+    unless `grouping` says otherwise (`auto`: not when the split mixes valid's and test's sources)."""
+    groups, test_groups = clip_groups(lib, lib.valid_ids), clip_groups(lib, lib.test_ids)
+    grouped = folds_by_source(groups, test_groups, grouping)
+    why = ""
+    if has_groups(groups) and not grouped:
+        why = "grouping=clip" if grouping == "clip" else "most test clips share a source with valid clips"
+    return HonestSetup(repeated_folds(lib.y_valid, groups if grouped else None, k, repeats, seed), grouped, seed,
+                       why=why)
 
 
 def honest_method(lib: Library, setup: HonestSetup, method: str, metric: str, **kwargs) -> HonestScore:
@@ -77,11 +90,11 @@ def honest_method(lib: Library, setup: HonestSetup, method: str, metric: str, **
     key = (method, metric, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     if key in setup.cache:
         return setup.cache[key]
-    groups_valid = clip_groups(lib, lib.valid_ids)
+    groups_valid = setup.groups(lib, lib.valid_ids)
     if uses_oof(method):
         fit_inputs(lib, method)  # LibraryError when the library has no OOF predictions
         n_train = len(lib.oof_ids) - len(lib.valid_ids)
-        groups_oof = clip_groups(lib, lib.oof_ids)
+        groups_oof = setup.groups(lib, lib.oof_ids)
 
         def fit(rest: np.ndarray) -> FittedEnsemble:
             rows = np.r_[np.arange(n_train), n_train + rest]
@@ -145,7 +158,7 @@ def fit_and_log(lib: Library, uri: str, experiment: str, *, method: str, size: i
     setup = setup or honest_setup(lib)
     kwargs = _method_kwargs(method, size, method_kwargs)
     fit_preds, fit_y = fit_inputs(lib, method)  # LibraryError when an OOF method meets a library without OOF
-    groups = clip_groups(lib, lib.oof_ids if uses_oof(method) else lib.valid_ids)
+    groups = setup.groups(lib, lib.oof_ids if uses_oof(method) else lib.valid_ids)
     fitted = fit_method(method, fit_preds, fit_y, metric, groups=groups, **kwargs)
     thresholds = fit_thresholds(fit_y, fitted.predict(fit_preds))
     honest = honest_method(lib, setup, method, metric, **kwargs)
@@ -230,16 +243,17 @@ def fit_sed(lib: Library, weights: np.ndarray, folds: np.ndarray | None = None) 
 
 def build_ensemble(uri: str, experiment: str, *, method: str = "bagged_selection", size: int = 20,
                    metric: str = "mAP", top_k: int = 5, progress: bool = True, snapshots: bool = True,
-                   folds: int = DEFAULT_FOLDS, **method_kwargs) -> EnsembleReport:
+                   folds: int = DEFAULT_FOLDS, grouping: str = DEFAULT_GROUPING, **method_kwargs) -> EnsembleReport:
     """Collect the experiment's trials and fit one method; test is scored and reported, never used for a choice."""
     lib = collect(uri, experiment, progress=progress, snapshots=snapshots)
     return fit_and_log(lib, uri, experiment, method=method, size=size, metric=metric, top_k=top_k,
-                       setup=honest_setup(lib, folds), **method_kwargs)
+                       setup=honest_setup(lib, folds, grouping=grouping), **method_kwargs)
 
 
 def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int = 20, metric: str = "mAP",
                     top_k: int = 5, progress: bool = True, snapshots: bool = True, skip_unavailable: bool = False,
-                    folds: int = DEFAULT_FOLDS, rule: str = DEFAULT_RULE) -> tuple[list[EnsembleReport], pd.DataFrame]:
+                    folds: int = DEFAULT_FOLDS, rule: str = DEFAULT_RULE,
+                    grouping: str = DEFAULT_GROUPING) -> tuple[list[EnsembleReport], pd.DataFrame]:
     """Every method on the same library and the same honest folds, one run each, and the recommendation.
 
     The best single model and the plain average are always candidates. Returns the reports and a table
@@ -253,7 +267,7 @@ def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int 
             console.print(f"[yellow]left out {', '.join(m for m in methods if uses_oof(m))}:[/] {lib.oof_note}")
         methods = [m for m in methods if not uses_oof(m)]
     methods = by_simplicity(list(dict.fromkeys(["best_single", "average", *methods])))
-    setup = honest_setup(lib, folds)
+    setup = honest_setup(lib, folds, grouping=grouping)
     reports = [fit_and_log(lib, uri, experiment, method=m, size=size, metric=metric, top_k=top_k, setup=setup)
                for m in methods]
     chosen = recommend([Candidate(r.method, METHOD_INFO[r.method].complexity, r.honest) for r in reports], metric, rule)

@@ -172,6 +172,9 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
              rule: str = typer.Option("anchored", help="recommendation: anchored (bagged selection unless another method "
                                                        "beats it by more than the paired s.e.), one_se (simplest within one s.e. of the best "
                                                      "honest score), paired_se, or best"),
+             grouping: str = typer.Option("auto", help="honest folds: source (hold out whole source groups), clip "
+                                                       "(stratified clips), or auto (source unless most test clips "
+                                                       "share a source with valid clips)"),
              snapshots: bool = typer.Option(True, help="also use the epoch snapshots trials kept (train.snapshots)"),
              pareto: bool = typer.Option(False, "--pareto", help="fit ensembles of increasing cost; print and log "
                                                                  "the honest score / cost front"),
@@ -197,14 +200,14 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
     from harmonia.ensembles.selection import sharding
 
     with sharding(shards, address) if shards is not None else nullcontext():
-        _ensemble(experiment, size, metric, method, top_k, folds, rule, snapshots, pareto, budget, max_members,
-                  config, tracking_uri)
+        _ensemble(experiment, size, metric, method, top_k, folds, rule, grouping, snapshots, pareto, budget,
+                  max_members, config, tracking_uri)
 
 
 def _ensemble(experiment: str, size: int, metric: str, method: str, top_k: int, folds: int, rule: str,
-              snapshots: bool, pareto: bool, budget: Optional[str], max_members: Optional[int],
+              grouping: str, snapshots: bool, pareto: bool, budget: Optional[str], max_members: Optional[int],
               config: Optional[Path], tracking_uri: Optional[str]) -> None:
-    from harmonia.ensembles.honest import RULES
+    from harmonia.ensembles.honest import GROUPINGS, RULES
     from harmonia.ensembles.methods import METHODS
     from harmonia.ensembles.stage import build_ensembles
     from harmonia.ensembles.tables import print_comparison, print_methods
@@ -217,6 +220,8 @@ def _ensemble(experiment: str, size: int, metric: str, method: str, top_k: int, 
         fail(f"--method: unknown {', '.join(unknown)}; valid: all, {', '.join(sorted(METHODS))}")
     if rule not in RULES:
         fail(f"--rule: unknown {rule!r}; valid: {', '.join(RULES)}")
+    if grouping not in GROUPINGS:
+        fail(f"--grouping: unknown {grouping!r}; valid: {', '.join(GROUPINGS)}")
     clip_metrics = sorted(m for m, spec in METRICS.items() if spec.inputs == "scores")
     from harmonia.ensembles.sed_selection import SED_SELECTION_METRICS
 
@@ -225,7 +230,8 @@ def _ensemble(experiment: str, size: int, metric: str, method: str, top_k: int, 
         from harmonia.ensembles.tables import print_sed_selection
 
         print_sed_selection(experiment, _guard(lambda: build_sed_selection(
-            _uri(tracking_uri, config), experiment, metric=metric, size=size, folds=folds, snapshots=snapshots)))
+            _uri(tracking_uri, config), experiment, metric=metric, size=size, folds=folds, snapshots=snapshots,
+            grouping=grouping)))
         return
     if metric not in clip_metrics:
         fail(f"--metric: unknown {metric!r} for ensembles of clip scores; valid: {', '.join(clip_metrics)}; "
@@ -233,6 +239,7 @@ def _ensemble(experiment: str, size: int, metric: str, method: str, top_k: int, 
     budget_ms = _budget_ms(budget)
     reports, table = _guard(lambda: build_ensembles(uri, experiment, methods=methods, size=size, metric=metric,
                                                     top_k=top_k, snapshots=snapshots, folds=folds, rule=rule,
+                                                    grouping=grouping,
                                                     skip_unavailable=method == "all"))
     budgeted = None
     if pareto or budget is not None or max_members is not None:  # ensembles/budget.py

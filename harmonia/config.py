@@ -230,6 +230,7 @@ class EnsembleConfig(_Strict):
                                                         "per_class_selection", "stacking"])
     folds: int = Field(5, ge=2)
     rule: Literal["anchored", "one_se", "paired_se", "best"] = "anchored"
+    grouping: Literal["auto", "source", "clip"] = "auto"
 
 
 class HarmoniaConfig(_Strict):

@@ -36,7 +36,8 @@ def run_quickstart(cfg: HarmoniaConfig, out: Path | None = None) -> dict:
     print_trials(result.trials, cfg.search.metric, top=5)
     e = cfg.ensemble
     reports, table = build_ensembles(cfg.tracking.uri, cfg.name, methods=e.methods, size=e.size, metric=e.metric,
-                                     top_k=e.top_k_average, folds=e.folds, rule=e.rule)
+                                     top_k=e.top_k_average, folds=e.folds, rule=e.rule,
+                                     grouping=e.grouping)
     print_methods(cfg.name, e.metric, reports, table, e.rule)
     report = recommended(reports, table)
     out = Path(out or Path("out") / cfg.name).resolve()

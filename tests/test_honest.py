@@ -163,7 +163,7 @@ def test_duplicate_members_are_collapsed_and_named():
 
 
 def _tracked_library(tmp_path, members: np.ndarray, test: np.ndarray, yv: np.ndarray, yt: np.ndarray,
-                     groups: list[str]) -> str:
+                     groups: list[str], test_groups: list[str] | None = None) -> str:
     """A real SQLite MLflow store holding a search run (labels + groups) and one FINISHED trial run per member."""
     import pandas as pd
 
@@ -180,7 +180,7 @@ def _tracked_library(tmp_path, members: np.ndarray, test: np.ndarray, yv: np.nda
 
     search = c.create_run(exp, tags={tracking.KIND_TAG: "search"}).info.run_id
     g = pd.DataFrame({"clip_id": vid + tid, "split": ["valid"] * len(vid) + ["test"] * len(tid),
-                      "group": groups + [f"test-{i}" for i in range(len(tid))]})
+                      "group": groups + (test_groups or [f"test-{i}" for i in range(len(tid))])})
     tracking.log_files(c, search, {"labels/valid.parquet": parquet(tracking.predictions_frame(vid, yv, classes)),
                                    "labels/test.parquet": parquet(tracking.predictions_frame(tid, yt, classes)),
                                    "labels/groups.parquet": parquet(g)})
@@ -234,6 +234,59 @@ def test_tracked_library_collapses_duplicates_uses_groups_and_recommends(tmp_pat
     assert {"honest_valid", "honest_valid_se", "insample_valid", "test"} <= set(table.columns)
     m = chosen[0].data.metrics
     assert {"honest_valid_mAP", "honest_valid_mAP_se", "insample_valid_mAP", "test_mAP"} <= set(m)
+
+
+def test_folds_follow_the_split_grouped_unless_test_shares_valid_sources():
+    """`auto` holds out whole sources when the split keeps test's sources apart from valid's, stratifies clips
+    when most test clips come from valid's sources; `source` and `clip` force either."""
+    from harmonia.ensembles.honest import folds_by_source, split_mixes_sources
+
+    gv = np.array([f"rec{i // 4}" for i in range(40)])  # 10 recordings of 4 clips
+    apart, shared = np.array([f"new{i}" for i in range(20)]), np.array([f"rec{i % 10}" for i in range(20)])
+    few = np.r_[shared[:10], apart[:10]]  # exactly half from valid's recordings: not most
+    assert not split_mixes_sources(gv, apart) and split_mixes_sources(gv, shared)
+    assert not split_mixes_sources(gv, few) and split_mixes_sources(gv, np.r_[shared[:11], apart[:9]])
+    assert not split_mixes_sources(gv, None) and not split_mixes_sources(np.arange(40).astype(str), shared)
+    assert folds_by_source(gv, apart) and not folds_by_source(gv, shared)
+    assert folds_by_source(gv, shared, "source") and not folds_by_source(gv, apart, "clip")
+    assert not folds_by_source(None, apart, "source")  # no groups: nothing to hold out
+    with pytest.raises(ValueError, match="grouping: unknown 'recording'; valid: auto, source, clip"):
+        folds_by_source(gv, apart, "recording")
+
+
+def test_split_that_mixes_sources_gets_stratified_folds_end_to_end(tmp_path):
+    """A tracked library whose test clips come from valid's recordings: the stage stratifies (and says why),
+    `--grouping source` holds out recordings anyway, and the choice is logged with the run."""
+    from typer.testing import CliRunner
+
+    from harmonia import tracking
+    from harmonia.cli import app
+    from harmonia.ensembles.library import collect
+    from harmonia.ensembles.stage import honest_setup
+
+    preds, y = _library(6, m=4, n=80, c=3)
+    groups = [f"rec{i // 4}" for i in range(48)]
+    uri = _tracked_library(tmp_path, preds[:, :48], preds[:, 48:], y[:48], y[48:], groups,
+                           test_groups=[f"rec{i % 12}" for i in range(32)])
+    lib = collect(uri, "lib", progress=False, sed=False)
+    auto, source = honest_setup(lib), honest_setup(lib, grouping="source")
+    assert not auto.grouped and auto.groups(lib, lib.valid_ids) is None
+    assert auto.describe() == "5-fold x3 stratified by label set (most test clips share a source with valid clips)"
+    assert source.grouped and list(source.groups(lib, lib.valid_ids)) == groups
+    assert any(len({f[i] for i, g in enumerate(groups) if g == "rec0"}) > 1 for f in auto.folds)  # rec0 split
+    for f in source.folds:
+        assert all(len({f[i] for i, g in enumerate(groups) if g == r}) == 1 for r in set(groups))
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["ensemble", "-e", "lib", "--grouping", "take", "--tracking-uri", uri])
+    assert bad.exit_code == 2 and "--grouping: unknown 'take'; valid: auto, source, clip" in bad.output
+    res = runner.invoke(app, ["ensemble", "-e", "lib", "--method", "average", "--grouping", "source",
+                              "--tracking-uri", uri])
+    assert res.exit_code == 0, res.output
+    c = tracking.client(uri)
+    runs = c.search_runs([c.get_experiment_by_name("lib").experiment_id],
+                         filter_string=f"tags.`{tracking.KIND_TAG}` = 'ensemble'")
+    assert {r.data.params["honest_folds"] for r in runs} == {"5-fold x3 grouped by source"}
 
 
 @pytest.mark.slow  # about a minute: every selection of the honest folds starts its two Ray actors
