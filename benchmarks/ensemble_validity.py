@@ -102,7 +102,7 @@ def repick(result: dict, metric: str) -> dict:
     from harmonia.ensembles.honest import HonestScore
 
     def honest(d: dict) -> HonestScore:
-        return HonestScore(d["score"], d["boot"], d["folds"], d["grouped"], d["f1"])
+        return HonestScore(d["score"], d["boot"], d["folds"], d["grouped"], d["f1"], d.get("k", 5))
 
     picks = rule_picks({n: honest(result["methods"][n]["score"]) for n in METHODS}, metric)
     picks["in-sample best (old CLI rule)"] = result["picks"]["in-sample best (old CLI rule)"]

@@ -51,6 +51,7 @@ class HonestScore:
     folds: list[float]  # the metric on each held-out fold alone (for the spread; not the headline)
     grouped: bool
     f1: float = float("nan")  # macro F1 of the pooled decisions at thresholds fitted on the other folds
+    k: int = DEFAULT_FOLDS  # folds per assignment (`folds` holds k scores for each assignment)
 
     @property
     def mean(self) -> float:
@@ -68,7 +69,7 @@ class HonestScore:
 
     def to_dict(self) -> dict:
         return {"score": self.score, "se": self.se, "folds": [float(v) for v in self.folds],
-                "grouped": self.grouped, "f1": self.f1}
+                "grouped": self.grouped, "f1": self.f1, "k": self.k}
 
 
 def _label_sets(y: np.ndarray, k: int) -> np.ndarray:
@@ -197,7 +198,7 @@ def honest_score(fit: Callable[[np.ndarray], object], preds: np.ndarray, y: np.n
             boots.append([float(m(y[i], pooled[i])) for i in index])
             f1s.append(float(f1_macro_thresholds(y, decided.astype(np.float64), np.full(y.shape[1], 0.5))))
     return HonestScore(float(np.mean(scores)), [float(v) for v in np.mean(boots, axis=0)], per_fold, grouped,
-                       float(np.mean(f1s)))
+                       float(np.mean(f1s)), len(np.unique(assignments[0])))
 
 
 def _paired_se(a: "Candidate", b: "Candidate") -> float:
@@ -205,6 +206,23 @@ def _paired_se(a: "Candidate", b: "Candidate") -> float:
     d = np.asarray(a.honest.boot) - np.asarray(b.honest.boot)
     d = d[np.isfinite(d)]
     return float(d.std(ddof=1)) if len(d) > 1 else 0.0
+
+
+def fold_difference(a: HonestScore, b: HonestScore) -> tuple[float, float]:
+    """Mean difference a − b of the per-fold scores on the same held-out folds, and its standard error
+    corrected for the overlap of the fits' training folds: sd · sqrt(1/J + 1/(k−1)) over J fold scores
+    (Nadeau & Bengio 2003, the corrected resampled t-test). NaN when the folds do not pair.
+
+    Fold by fold, not pooled: pooling held-out predictions of k different fits also charges a method for
+    moving its output scale between fits (stacking, per-class weights), which new audio, scored by one
+    fit, never sees (Forman & Scholz 2010, "Apples-to-apples in cross-validation studies")."""
+    fa, fb = np.asarray(a.folds, np.float64), np.asarray(b.folds, np.float64)
+    if len(fa) != len(fb) or len(fa) == 0:
+        return float("nan"), float("nan")
+    d = (fa - fb)[np.isfinite(fa - fb)]
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    return float(d.mean()), float(d.std(ddof=1) * np.sqrt(1 / len(d) + 1 / max(a.k - 1, 1)))
 
 
 @dataclass(frozen=True)
@@ -219,9 +237,10 @@ class Candidate:
 def recommend(candidates: list[Candidate], metric: str | Metric, rule: str = DEFAULT_RULE, anchor: str = ANCHOR) -> str:
     """The candidate to export, by `rule` (ties to the simpler).
 
-    `anchored` (default): the robust default `anchor` (bagged selection) unless another ensemble's honest
-    score beats it by more than the standard error of their difference over the same bootstrap resamples
-    (the best single model does not displace it: under shift, valid-based estimates under-rate averaging);
+    `anchored` (default): the robust default `anchor` (bagged selection) unless another ensemble beats it on
+    the same held-out folds by more than the corrected standard error of the per-fold differences
+    (`fold_difference`); of several, the largest gain. The best single model does not displace it: under
+    shift, valid-based estimates under-rate averaging;
     `one_se`: the simplest candidate within one standard error of the best honest score (Breiman's rule);
     `paired_se`: the simplest within the paired standard error of the difference to the best; `best`: the
     best honest score. benchmarks/ensemble_validity.py compares them on sets with real shift: valid-based
@@ -242,9 +261,10 @@ def recommend(candidates: list[Candidate], metric: str | Metric, rule: str = DEF
     if rule == "anchored":
         base = next((c for c in usable if c.name == anchor), None)
         if base is not None:  # it gives way only to another ensemble (complexity >= 1) that clearly beats it
-            better = [c for c in usable if c.complexity >= 1
-                      and sign * (c.honest.mean - base.honest.mean) > _paired_se(base, c)]
-            return max(better, key=lambda c: (sign * c.honest.mean, -c.complexity)).name if better else base.name
+            gain = {c.name: fold_difference(c.honest, base.honest) for c in usable
+                    if c.complexity >= 1 and c.name != anchor}
+            better = [c for c in usable if c.name in gain and sign * gain[c.name][0] > gain[c.name][1]]
+            return max(better, key=lambda c: (sign * gain[c.name][0], -c.complexity)).name if better else base.name
         rule = "one_se"
 
     def close(c: Candidate) -> bool:

@@ -117,21 +117,36 @@ def test_recommendation_prefers_the_simplest_within_one_standard_error():
 
 def test_anchored_rule_keeps_bagged_selection_unless_clearly_beaten():
     rng = np.random.default_rng(0)
-    base = rng.normal(0, 0.02, 200)  # shared bootstrap noise: the paired differences are what count
+    base = rng.normal(0.7, 0.05, 15)  # 3 x 5 fold scores, shared fold difficulty: the paired differences count
 
-    def hs(score, jitter):
-        return HonestScore(score, list(score + base + rng.normal(0, jitter, 200)), [], False)
+    def hs(gain, jitter, pooled=0.70):
+        return HonestScore(pooled, [pooled], list(base + gain + rng.normal(0, jitter, 15)), False, k=5)
 
-    bagged = Candidate("bagged_selection", 3, hs(0.70, 0.005))
-    weighted = Candidate("weighted", 4, hs(0.71, 0.005))  # 0.01 better, paired s.e. about 0.007
-    assert recommend([weighted, bagged], "mAP") == "weighted"
-    close = Candidate("weighted", 4, hs(0.702, 0.005))  # within the paired s.e.
+    bagged = Candidate("bagged_selection", 3, hs(0.0, 0.0))
+    # 0.02 better fold by fold, corrected s.e. about 0.01 * sqrt(1/15 + 1/4) = 0.0056
+    weighted = Candidate("weighted", 4, hs(0.02, 0.01, pooled=0.69))
+    assert recommend([weighted, bagged], "mAP") == "weighted"  # even with a lower pooled score
+    close = Candidate("weighted", 4, hs(0.003, 0.01, pooled=0.72))  # within the corrected s.e.
     assert recommend([close, bagged], "mAP") == "bagged_selection"
     assert recommend([close, bagged], "mAP", rule="best") == "weighted"
-    single = Candidate("best_single", 0, hs(0.71, 0.005))  # a single model does not displace the anchor
+    stacking = Candidate("stacking", 6, hs(0.04, 0.01))  # of two that beat it, the larger gain
+    assert recommend([weighted, stacking, bagged], "mAP") == "stacking"
+    single = Candidate("best_single", 0, hs(0.03, 0.005, pooled=0.75))  # a single model does not displace it
     assert recommend([single, bagged], "mAP") == "bagged_selection"
-    assert recommend([single, bagged], "mAP", rule="paired_se") == "best_single"
     assert recommend([single], "mAP") == "best_single"  # no anchor among the candidates: the one_se rule
+    unpaired = Candidate("weighted", 4, HonestScore(0.9, [0.9], [0.9] * 10, False))  # other folds: no comparison
+    assert recommend([unpaired, bagged], "mAP") == "bagged_selection"
+
+
+def test_fold_difference_is_the_corrected_resampled_t_statistic():
+    from harmonia.ensembles.honest import fold_difference
+
+    a = HonestScore(0.0, [], [0.7, 0.8, 0.6, 0.9, float("nan")], False, k=5)
+    b = HonestScore(0.0, [], [0.6, 0.8, 0.5, 0.7, 0.4], False, k=5)
+    d = np.array([0.1, 0.0, 0.1, 0.2])  # the NaN fold left out
+    mean, se = fold_difference(a, b)
+    assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) * np.sqrt(1 / 4 + 1 / 4))
+    assert np.isnan(fold_difference(a, HonestScore(0.0, [], [0.5] * 3, False))[0])
 
 
 def test_shrunk_stacking_chooses_its_strength_on_inner_folds():
