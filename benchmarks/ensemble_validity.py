@@ -52,7 +52,7 @@ def save_library(uri: str, experiment: str, out: Path) -> None:
     print(f"wrote {out}: {lib.valid.shape[0]} members, {len(lib.valid_ids)} valid / {len(lib.test_ids)} test clips")
 
 
-def _library(v, yv, gv, t, yt, gt):
+def library_of(v, yv, gv, t, yt, gt):
     """A Library over resampled arrays; clip ids are positions, groups map them (valid and test) to their source."""
     from harmonia.ensembles.library import Library
 
@@ -71,7 +71,7 @@ def evaluate(args: tuple) -> dict:
 
     v, yv, gv, t, yt, gt, metric = args
     m = get_metric(metric)
-    lib = _library(v, yv, gv, t, yt, gt)
+    lib = library_of(v, yv, gv, t, yt, gt)
     setup = honest_setup(lib)  # grouped unless the resample mixes valid's and test's sources (shift removed)
     groups = setup.groups(lib, lib.valid_ids)
     out = {}

@@ -1,10 +1,11 @@
 """The ensemble stage: fit methods on valid, score each honestly (held-out folds), recommend one, log runs.
 
 Every score that chooses something is honest (ensembles/honest.py): a method with all its own choices
-is refitted on K-1 folds of valid (grouped by source where the dataset says) and scored on the held-out
-fold; in-sample valid scores are reported beside it, labelled as such, and never rank anything; test
-is only reported. The recommendation is the simplest method within one standard error of the best
-honest score (order: best single < average < selection < per-class < stacking; MethodInfo.complexity).
+is refitted on K-1 folds of valid (grouped by source where the dataset's split keeps valid's and test's
+sources apart) and scored on the held-out fold; in-sample valid scores are reported beside it, labelled as
+such, and never rank anything; test is only reported. The recommendation follows `ensemble.rule`
+(ensembles/honest.py `recommend`; default `anchored`: bagged selection unless another ensemble clearly
+beats it fold by fold).
 """
 
 from __future__ import annotations

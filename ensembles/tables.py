@@ -30,10 +30,10 @@ def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], t
     lib = reports[0].library
     console.print(f"{HONEST_NOTE}; library: {len(lib.run_ids)} members kept of {lib.n_read or len(lib.run_ids)} read")
     best = table.loc[table["recommended"]].iloc[0]
-    why = {"anchored": f"{ANCHOR}, the robust default, unless another ensemble's honest score beats it by "
-                       "more than the paired standard error",
+    why = {"anchored": f"{ANCHOR}, the robust default, unless another ensemble beats it on the same held-out "
+                       "folds by more than the corrected standard error of the per-fold differences",
            "one_se": "the simplest method within one standard error of the best honest score",
-           "paired_se": "the simplest method within one standard error (paired over folds) of the best honest score",
+           "paired_se": "the simplest method within the paired (bootstrap) standard error of the best honest score",
            "best": "the best honest score"}[rule] if why is None else why
     console.print(f"* recommended: [bold]{best['method']}[/] ({why})")
     console.print("export it with:")

@@ -41,3 +41,16 @@ def test_rules_reapplied_to_saved_results_match_the_run(tmp_path: Path):
     assert again["picks"] == result["picks"]
     assert set(result["picks"]) >= set(ev.RULES)
     assert all(np.isfinite(m["honest"]) and len(m["score"]["boot"]) > 10 for m in result["methods"].values())
+
+
+def test_honest_folds_follow_each_scheme_grouped_only_where_test_sources_stay_apart():
+    """shift kept and grouped resplits keep test's recordings apart from valid's: grouped folds; a random
+    clip-level resplit (shift removed) mixes them: stratified folds, as the stage would choose for such a split."""
+    from harmonia.ensembles.stage import honest_setup
+
+    ev = _validity()
+    lib = dict(np.load(FIXTURE, allow_pickle=False))
+    for scheme, grouped in (("shift kept", True), ("grouped resplit", True), ("shift removed", False)):
+        for job in ev.resamples(lib, scheme, 3, seed=1):
+            setup = honest_setup(ev.library_of(*job), repeats=1)
+            assert setup.grouped is grouped, scheme
