@@ -170,8 +170,9 @@ def ensemble(experiment: str = typer.Option(..., "--experiment", "-e"), size: in
              top_k: int = typer.Option(5, min=1),
              folds: int = typer.Option(5, min=2, help="held-out folds of valid for the honest scores"),
              rule: str = typer.Option("anchored", help="recommendation: anchored (bagged selection unless another method "
-                                                       "beats it by more than the paired s.e.), one_se (simplest within one s.e. of the best "
-                                                     "honest score), paired_se, or best"),
+                                                       "beats it fold by fold by more than the corrected s.e.), one_se "
+                                                       "(simplest within one s.e. of the best honest score), paired_se, "
+                                                       "or best"),
              grouping: str = typer.Option("auto", help="honest folds: source (hold out whole source groups), clip "
                                                        "(stratified clips), or auto (source unless most test clips "
                                                        "share a source with valid clips)"),
