@@ -18,8 +18,9 @@ import pandas as pd
 from harmonia import tracking
 from harmonia.ensembles.artifacts import curve_png, per_class_table, weights_png
 from harmonia.ensembles.cross_validated import compare_oof, fit_inputs
-from harmonia.ensembles.honest import (DEFAULT_FOLDS, DEFAULT_GROUPING, DEFAULT_REPEATS, DEFAULT_RULE, Candidate, HonestScore,
-                                      folds_by_source, has_groups, honest_score, recommend, repeated_folds)
+from harmonia.ensembles.honest import (ANCHOR, DEFAULT_FOLDS, DEFAULT_GROUPING, DEFAULT_REPEATS, DEFAULT_RULE, Candidate,
+                                      HonestScore, fold_difference, folds_by_source, has_groups, honest_score, recommend,
+                                      repeated_folds)
 from harmonia.ensembles.library import Library, clip_groups, collect
 from harmonia.ensembles.methods import METHOD_INFO, FittedEnsemble, by_simplicity, fit_method, member_weights, uses_oof
 from harmonia.metrics import fit_thresholds, get_metric
@@ -258,7 +259,8 @@ def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int 
     """Every method on the same library and the same honest folds, one run each, and the recommendation.
 
     The best single model and the plain average are always candidates. Returns the reports and a table
-    (method, honest, honest_se, valid_insample, test, members, recommended, run_id), simplest first.
+    (method, honest, honest_se, fold_gain, fold_gain_se, valid_insample, test, members, recommended, run_id),
+    simplest first; fold_gain is the mean per-fold difference to bagged selection that the anchored rule reads.
     With `skip_unavailable` the OOF methods are left out (with a note) when the library has none."""
     lib = collect(uri, experiment, progress=progress, snapshots=snapshots)
     if skip_unavailable and lib.oof is None and any(uses_oof(m) for m in methods):
@@ -277,7 +279,10 @@ def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int 
         tracking.retry(lambda r=r: c.set_tag(r.run_id, RECOMMENDED_TAG, str(r.method == chosen).lower()))
         if r.method == chosen:
             tracking.retry(lambda r=r: c.update_run(r.run_id, name=f"{experiment}-{r.method}-recommended"))
+    anchor = next((r.honest for r in reports if r.method == ANCHOR), None)
+    gains = {r.method: fold_difference(r.honest, anchor) if anchor is not None else (np.nan, np.nan) for r in reports}
     rows = [{"method": r.method, "honest": r.honest.mean, "honest_se": r.honest.se,
+             "fold_gain": gains[r.method][0], "fold_gain_se": gains[r.method][1],
              "valid_insample": r.comparison.loc["ensemble", "valid"], "test": r.comparison.loc["ensemble", "test"],
              "members": int(r.comparison.loc["ensemble", "members"]), "recommended": r.method == chosen,
              "run_id": r.run_id} for r in reports]

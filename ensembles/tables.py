@@ -25,6 +25,10 @@ def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], t
                   f"{r['valid_insample']:.3f}", f"{r['test']:.3f}", str(r["members"]), r["run_id"][:8],
                   style="bold green" if r["recommended"] else None)
     console.print(t)
+    if rule == "anchored" and "fold_gain" in table and table["fold_gain"].notna().any():
+        gains = [f"{r['method']} {r['fold_gain']:+.3f}±{r['fold_gain_se']:.3f}" for _, r in table.iterrows()
+                 if r["method"] != ANCHOR and pd.notna(r["fold_gain"])]
+        console.print(f"per-fold gain over {ANCHOR} ± corrected s.e.: {', '.join(gains)}")
     if reports[0].extra.get("sed"):
         print_sed(experiment, reports, table)
     lib = reports[0].library

@@ -304,6 +304,33 @@ def test_split_that_mixes_sources_gets_stratified_folds_end_to_end(tmp_path):
     assert {r.data.params["honest_folds"] for r in runs} == {"5-fold x3 grouped by source"}
 
 
+def test_methods_table_carries_the_per_fold_gains_the_anchored_rule_read(tmp_path):
+    """build_ensembles' table holds each method's per-fold gain over bagged selection (0 for itself), the
+    recommendation is the largest gain beyond its corrected s.e. (else bagged selection), and the CLI prints it."""
+    from typer.testing import CliRunner
+
+    from harmonia.cli import app
+    from harmonia.ensembles.honest import fold_difference
+    from harmonia.ensembles.stage import build_ensembles
+
+    preds, y = _library(7, m=6, n=100, c=3)
+    uri = _tracked_library(tmp_path, preds[:, :60], preds[:, 60:], y[:60], y[60:], [f"rec{i // 3}" for i in range(60)])
+    reports, table = build_ensembles(uri, "lib", methods=["bagged_selection", "stacking"], progress=False)
+    by = table.set_index("method")
+    honest = {r.method: r.honest for r in reports}
+    assert by.loc["bagged_selection", "fold_gain"] == 0.0
+    for name in ("best_single", "average", "stacking"):
+        mean, se = fold_difference(honest[name], honest["bagged_selection"])
+        assert by.loc[name, "fold_gain"] == pytest.approx(mean) and by.loc[name, "fold_gain_se"] == pytest.approx(se)
+    clear = by[(by.index != "best_single") & (by["fold_gain"] > by["fold_gain_se"])]
+    expected = clear["fold_gain"].idxmax() if len(clear) else "bagged_selection"
+    assert by.index[by["recommended"]].tolist() == [expected]
+    res = CliRunner().invoke(app, ["ensemble", "-e", "lib", "--method", "bagged_selection,stacking", "--tracking-uri", uri])
+    assert res.exit_code == 0, res.output
+    line = " ".join(res.output.split("per-fold gain over bagged_selection")[1].split())
+    assert f"stacking {by.loc['stacking', 'fold_gain']:+.3f}±{by.loc['stacking', 'fold_gain_se']:.3f}" in line
+
+
 @pytest.mark.slow  # about a minute: every selection of the honest folds starts its two Ray actors
 def test_ensemble_shards_a_library_too_large_for_the_process(tmp_path, ray_local, monkeypatch):
     """`harmonia ensemble` refuses a library over the in-process memory limit with a line naming --shards;
