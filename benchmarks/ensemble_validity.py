@@ -81,20 +81,21 @@ def evaluate(args: tuple) -> dict:
         honest = honest_method(lib, setup, name, metric, **kw)
         out[name] = {"test": m(yt, fitted.predict(t)), "honest": honest.mean, "insample": m(yv, fitted.predict(v)),
                      "score": honest}
-    picks = rule_picks({n: out[n]["score"] for n in METHODS}, metric)
+    picks = rule_picks({n: out[n]["score"] for n in METHODS}, metric, setup.shared_sources)
     picks["in-sample best (old CLI rule)"] = max(METHODS, key=lambda n: m.sign() * out[n]["insample"])
     for r in out.values():
         r["score"] = r["score"].to_dict() | {"boot": [float(b) for b in r["score"].boot]}
-    return {"methods": out, "picks": picks}
+    return {"methods": out, "picks": picks, "shared_sources": setup.shared_sources}
 
 
-def rule_picks(scores: dict, metric: str) -> dict[str, str]:
-    """Each rule's pick among the methods, from their honest scores (name -> HonestScore)."""
+def rule_picks(scores: dict, metric: str, shared_sources: bool) -> dict[str, str]:
+    """Each rule's pick among the methods, from their honest scores (name -> HonestScore) and whether the
+    resample's test shares valid's sources."""
     from harmonia.ensembles.honest import Candidate, recommend
     from harmonia.ensembles.methods import METHOD_INFO
 
     cands = [Candidate(n, METHOD_INFO[n].complexity, scores[n]) for n in METHODS]
-    return {label: recommend(cands, metric, rule) for label, rule in RULES.items()}
+    return {label: recommend(cands, metric, rule, shared_sources=shared_sources) for label, rule in RULES.items()}
 
 
 def repick(result: dict, metric: str) -> dict:
@@ -104,9 +105,11 @@ def repick(result: dict, metric: str) -> dict:
     def honest(d: dict) -> HonestScore:
         return HonestScore(d["score"], d["boot"], d["folds"], d["grouped"], d["f1"], d.get("k", 5))
 
-    picks = rule_picks({n: honest(result["methods"][n]["score"]) for n in METHODS}, metric)
+    # dumps written before "shared_sources" was saved: every fixture has groups, so ungrouped folds mean shared ones
+    shared = result.get("shared_sources", not result["methods"]["best_single"]["score"]["grouped"])
+    picks = rule_picks({n: honest(result["methods"][n]["score"]) for n in METHODS}, metric, shared)
     picks["in-sample best (old CLI rule)"] = result["picks"]["in-sample best (old CLI rule)"]
-    return {"methods": result["methods"], "picks": picks}
+    return {"methods": result["methods"], "picks": picks, "shared_sources": shared}
 
 
 def resamples(lib: dict, scheme: str, r: int, seed: int):

@@ -234,13 +234,16 @@ class Candidate:
     honest: HonestScore
 
 
-def recommend(candidates: list[Candidate], metric: str | Metric, rule: str = DEFAULT_RULE, anchor: str = ANCHOR) -> str:
+def recommend(candidates: list[Candidate], metric: str | Metric, rule: str = DEFAULT_RULE, anchor: str = ANCHOR,
+              shared_sources: bool = False) -> str:
     """The candidate to export, by `rule` (ties to the simpler).
 
     `anchored` (default): the robust default `anchor` (bagged selection) unless another ensemble beats it on
     the same held-out folds by more than the corrected standard error of the per-fold differences
     (`fold_difference`); of several, the largest gain. The best single model does not displace it: under
-    shift, valid-based estimates under-rate averaging;
+    shift, valid-based estimates under-rate averaging. With `shared_sources` (the dataset's split draws test
+    from valid's sources, `split_mixes_sources`) there is no source shift for the anchor to guard against and
+    valid is a fair sample of test: any per-fold gain displaces it (the ensemble with the best per-fold score);
     `one_se`: the simplest candidate within one standard error of the best honest score (Breiman's rule);
     `paired_se`: the simplest within the paired standard error of the difference to the best; `best`: the
     best honest score. benchmarks/ensemble_validity.py compares them on sets with real shift: valid-based
@@ -263,7 +266,8 @@ def recommend(candidates: list[Candidate], metric: str | Metric, rule: str = DEF
         if base is not None:  # it gives way only to another ensemble (complexity >= 1) that clearly beats it
             gain = {c.name: fold_difference(c.honest, base.honest) for c in usable
                     if c.complexity >= 1 and c.name != anchor}
-            better = [c for c in usable if c.name in gain and sign * gain[c.name][0] > gain[c.name][1]]
+            margin = {n: 0.0 if shared_sources else se for n, (_, se) in gain.items()}
+            better = [c for c in usable if c.name in gain and sign * gain[c.name][0] > margin[c.name]]
             return max(better, key=lambda c: (sign * gain[c.name][0], -c.complexity)).name if better else base.name
         rule = "one_se"
 

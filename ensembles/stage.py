@@ -20,7 +20,7 @@ from harmonia.ensembles.artifacts import curve_png, per_class_table, weights_png
 from harmonia.ensembles.cross_validated import compare_oof, fit_inputs
 from harmonia.ensembles.honest import (ANCHOR, DEFAULT_FOLDS, DEFAULT_GROUPING, DEFAULT_REPEATS, DEFAULT_RULE, Candidate,
                                       HonestScore, fold_difference, folds_by_source, has_groups, honest_score, recommend,
-                                      repeated_folds)
+                                      repeated_folds, split_mixes_sources)
 from harmonia.ensembles.library import Library, clip_groups, collect
 from harmonia.ensembles.methods import METHOD_INFO, FittedEnsemble, by_simplicity, fit_method, member_weights, uses_oof
 from harmonia.metrics import fit_thresholds, get_metric
@@ -39,6 +39,7 @@ class HonestSetup:
     seed: int = 0
     cache: dict = field(default_factory=dict)
     why: str = ""  # why the folds are not grouped although the library has groups
+    shared_sources: bool = False  # the dataset's split draws most test clips from valid's sources (no source shift)
 
     def groups(self, lib: Library, ids: list[str]) -> np.ndarray | None:
         """The source groups of `ids` that fits on these folds see: none when the folds are not grouped."""
@@ -83,7 +84,7 @@ def honest_setup(lib: Library, k: int = DEFAULT_FOLDS, repeats: int = DEFAULT_RE
     if has_groups(groups) and not grouped:
         why = "grouping=clip" if grouping == "clip" else "most test clips share a source with valid clips"
     return HonestSetup(repeated_folds(lib.y_valid, groups if grouped else None, k, repeats, seed), grouped, seed,
-                       why=why)
+                       why=why, shared_sources=split_mixes_sources(groups, test_groups))
 
 
 def honest_method(lib: Library, setup: HonestSetup, method: str, metric: str, **kwargs) -> HonestScore:
@@ -273,7 +274,8 @@ def build_ensembles(uri: str, experiment: str, *, methods: list[str], size: int 
     setup = honest_setup(lib, folds, grouping=grouping)
     reports = [fit_and_log(lib, uri, experiment, method=m, size=size, metric=metric, top_k=top_k, setup=setup)
                for m in methods]
-    chosen = recommend([Candidate(r.method, METHOD_INFO[r.method].complexity, r.honest) for r in reports], metric, rule)
+    chosen = recommend([Candidate(r.method, METHOD_INFO[r.method].complexity, r.honest) for r in reports], metric, rule,
+                       shared_sources=setup.shared_sources)
     c = tracking.client(uri)
     for r in reports:
         tracking.retry(lambda r=r: c.set_tag(r.run_id, RECOMMENDED_TAG, str(r.method == chosen).lower()))

@@ -6,7 +6,7 @@ import pandas as pd
 from rich.table import Table
 
 from harmonia.ensembles.honest import ANCHOR, DEFAULT_RULE
-from harmonia.ensembles.stage import HONEST_NOTE, EnsembleReport
+from harmonia.ensembles.stage import HONEST_NOTE, EnsembleReport, HonestSetup
 from harmonia.progress import console
 
 
@@ -34,14 +34,23 @@ def print_methods(experiment: str, metric: str, reports: list[EnsembleReport], t
     lib = reports[0].library
     console.print(f"{HONEST_NOTE}; library: {len(lib.run_ids)} members kept of {lib.n_read or len(lib.run_ids)} read")
     best = table.loc[table["recommended"]].iloc[0]
-    why = {"anchored": f"{ANCHOR}, the robust default, unless another ensemble beats it on the same held-out "
-                       "folds by more than the corrected standard error of the per-fold differences",
-           "one_se": "the simplest method within one standard error of the best honest score",
-           "paired_se": "the simplest method within the paired (bootstrap) standard error of the best honest score",
-           "best": "the best honest score"}[rule] if why is None else why
-    console.print(f"* recommended: [bold]{best['method']}[/] ({why})")
+    console.print(f"* recommended: [bold]{best['method']}[/] ({why or _rule_why(rule, setup, table)})")
     console.print("export it with:")
     console.print(f"harmonia export out/{experiment} --run {best['run_id']}", soft_wrap=True)
+
+
+def _rule_why(rule: str, setup: HonestSetup, table: pd.DataFrame) -> str:
+    """What the rule did, in words, for this library's split and candidates."""
+    if rule == "anchored" and ANCHOR not in set(table["method"]):
+        return f"the simplest method within one standard error of the best honest score; {ANCHOR} was not fitted"
+    if rule == "anchored" and setup.shared_sources:
+        return (f"the largest per-fold gain over {ANCHOR}: the split draws test from valid's sources, so there is "
+                "no source shift for the robust default to guard against")
+    return {"anchored": f"{ANCHOR}, the robust default, unless another ensemble beats it on the same held-out "
+                        "folds by more than the corrected standard error of the per-fold differences",
+            "one_se": "the simplest method within one standard error of the best honest score",
+            "paired_se": "the simplest method within the paired (bootstrap) standard error of the best honest score",
+            "best": "the best honest score"}[rule]
 
 
 def print_comparison(report: EnsembleReport) -> None:

@@ -129,6 +129,10 @@ def test_anchored_rule_keeps_bagged_selection_unless_clearly_beaten():
     close = Candidate("weighted", 4, hs(0.003, 0.01, pooled=0.72))  # within the corrected s.e.
     assert recommend([close, bagged], "mAP") == "bagged_selection"
     assert recommend([close, bagged], "mAP", rule="best") == "weighted"
+    # a split whose test shares valid's sources: no shift to guard against, any per-fold gain displaces it
+    assert recommend([close, bagged], "mAP", shared_sources=True) == "weighted"
+    worse = Candidate("weighted", 4, hs(-0.003, 0.01, pooled=0.75))
+    assert recommend([worse, bagged], "mAP", shared_sources=True) == "bagged_selection"
     stacking = Candidate("stacking", 6, hs(0.04, 0.01))  # of two that beat it, the larger gain
     assert recommend([weighted, stacking, bagged], "mAP") == "stacking"
     single = Candidate("best_single", 0, hs(0.03, 0.005, pooled=0.75))  # a single model does not displace it
@@ -229,7 +233,7 @@ def test_tracked_library_collapses_duplicates_uses_groups_and_recommends(tmp_pat
     assert lib.n_read == 7 and len(lib.run_ids) == 6
     assert list(lib.duplicates.values()) == [["trial6"]]
     setup = honest_setup(lib)
-    assert setup.grouped and "grouped" in setup.describe()
+    assert setup.grouped and "grouped" in setup.describe() and not setup.shared_sources
     assert len(setup.folds) == 3 and not np.array_equal(setup.folds[0], setup.folds[1])  # repeats differ
     for folds in setup.folds:
         for g in set(groups):
@@ -286,6 +290,7 @@ def test_split_that_mixes_sources_gets_stratified_folds_end_to_end(tmp_path):
     lib = collect(uri, "lib", progress=False, sed=False)
     auto, source = honest_setup(lib), honest_setup(lib, grouping="source")
     assert not auto.grouped and auto.groups(lib, lib.valid_ids) is None
+    assert auto.shared_sources and source.shared_sources  # a property of the split, whatever the folds
     assert auto.describe() == "5-fold x3 stratified by label set (most test clips share a source with valid clips)"
     assert source.grouped and list(source.groups(lib, lib.valid_ids)) == groups
     assert any(len({f[i] for i, g in enumerate(groups) if g == "rec0"}) > 1 for f in auto.folds)  # rec0 split
@@ -295,9 +300,10 @@ def test_split_that_mixes_sources_gets_stratified_folds_end_to_end(tmp_path):
     runner = CliRunner()
     bad = runner.invoke(app, ["ensemble", "-e", "lib", "--grouping", "take", "--tracking-uri", uri])
     assert bad.exit_code == 2 and "--grouping: unknown 'take'; valid: auto, source, clip" in bad.output
-    res = runner.invoke(app, ["ensemble", "-e", "lib", "--method", "average", "--grouping", "source",
+    res = runner.invoke(app, ["ensemble", "-e", "lib", "--method", "bagged_selection", "--grouping", "source",
                               "--tracking-uri", uri])
     assert res.exit_code == 0, res.output
+    assert "the split draws test from valid's sources" in " ".join(res.output.split())  # the rule says so
     c = tracking.client(uri)
     runs = c.search_runs([c.get_experiment_by_name("lib").experiment_id],
                          filter_string=f"tags.`{tracking.KIND_TAG}` = 'ensemble'")

@@ -53,4 +53,4 @@ def test_honest_folds_follow_each_scheme_grouped_only_where_test_sources_stay_ap
     for scheme, grouped in (("shift kept", True), ("grouped resplit", True), ("shift removed", False)):
         for job in ev.resamples(lib, scheme, 3, seed=1):
             setup = honest_setup(ev.library_of(*job), repeats=1)
-            assert setup.grouped is grouped, scheme
+            assert setup.grouped is grouped and setup.shared_sources is not grouped, scheme

@@ -224,7 +224,7 @@ def test_ensemble_methods_table_fits_80_columns_and_the_export_command_is_one_li
 
     console = _console()
     monkeypatch.setattr(tables, "console", console)
-    setup = SimpleNamespace(describe=lambda: "5-fold x3 grouped by source")
+    setup = SimpleNamespace(describe=lambda: "5-fold x3 grouped by source", shared_sources=False)
     lib = SimpleNamespace(run_ids=[f"{i:032x}" for i in range(16)], n_read=18)
     reports = [SimpleNamespace(setup=setup, extra={}, library=lib)]
     names = sorted(METHODS)
