@@ -138,15 +138,19 @@ def fit_per_class_selection(preds: np.ndarray, y: np.ndarray, metric: Metric, si
         if folds is None:
             shrink = 0.5
         else:
-            scores = np.zeros(len(SHRINK_GRID))
+            scores, scored = np.zeros(len(SHRINK_GRID)), 0
             for f in np.unique(folds):
                 rest, held = folds != f, folds == f
                 glob, per = _per_class_parts(preds[:, rest], y[rest], metric, size)
-                for i, s in enumerate(SHRINK_GRID):
-                    w = (1 - s) * per + s * glob[:, None]
-                    scores[i] += metric.sign() * metric(y[held], np.einsum("mc,mnc->nc", w, preds[:, held].astype(np.float64)))
-            shrink = float(SHRINK_GRID[int(np.flatnonzero(scores >= scores.max() - 1e-12)[-1])])  # ties: more shrinkage
-            chosen_by = "inner cross-validation"
+                fold = np.array([metric(y[held], np.einsum("mc,mnc->nc", (1 - s) * per + s * glob[:, None],
+                                                           preds[:, held].astype(np.float64))) for s in SHRINK_GRID])
+                if np.isfinite(fold).all():  # a held-out fold the metric is undefined on (no positives) says nothing
+                    scores, scored = scores + metric.sign() * fold, scored + 1
+            if scored:
+                shrink = float(SHRINK_GRID[int(np.flatnonzero(scores >= scores.max() - 1e-12)[-1])])  # ties: more shrinkage
+                chosen_by = "inner cross-validation"
+            else:
+                shrink, chosen_by = 0.5, "default (no inner held-out fold could be scored)"
     glob, per = _per_class_parts(preds, y, metric, size)
     weights = (1 - float(shrink)) * per + float(shrink) * glob[:, None]
     params = {"combine": "per_class", "metric": metric.name, "size": size, "shrink": float(shrink),

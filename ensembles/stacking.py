@@ -84,13 +84,15 @@ def _choose_lambda(logits: np.ndarray, y: np.ndarray, metric: Metric, lambdas: t
     scores = np.zeros(len(lambdas))
     for f in np.unique(folds):
         rest, held = folds != f, folds == f
-        start = None
+        start, fold = None, np.zeros(len(lambdas))
         for i, lam in enumerate(lambdas):  # strongest first: each fit warm-starts the next
             coef, b = _fit_all(logits[:, rest], y[rest], lam, start)
             start = np.concatenate([coef, b[:, None]], 1)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                scores[i] += metric.sign() * metric(y[held], _predict(coef, b, logits[:, held]))
+                fold[i] = metric.sign() * metric(y[held], _predict(coef, b, logits[:, held]))
+        if np.isfinite(fold).any():  # a held-out fold the metric is undefined on (no positives) says nothing
+            scores += np.where(np.isfinite(fold), fold, -np.inf)
     scores = np.where(np.isfinite(scores), scores, -np.inf)
     return float(lambdas[int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])]), [float(v) for v in scores]
 

@@ -169,3 +169,18 @@ def test_no_method_is_replaced_by_the_best_single_model() -> None:
         assert "fallback" not in f.params, name
         if name in ("best_single", "selection"):
             assert mAP(yv, f.predict(pv)) >= best - 1e-9, name
+
+
+@pytest.mark.parametrize("name", ["per_class_selection", "stacking"])
+def test_inner_folds_without_positives_are_skipped_not_fatal(name: str) -> None:
+    """Grouped inner folds where the held-out fold has no positive (the metric is undefined there) say nothing
+    about the choice: the fit skips them and still chooses on the folds that could be scored."""
+    rng = np.random.default_rng(0)
+    y = np.zeros((40, 2), np.float32)
+    y[:2, 0], y[2:4, 1] = 1, 1  # every positive in the first two of twenty recordings
+    groups = np.array([f"rec{i // 2}" for i in range(40)])
+    preds = np.clip(y[None] * 0.6 + rng.random((5, 40, 2)) * 0.5, 0, 1).astype(np.float32)
+    fitted = fit_method(name, preds, y, "mAP", groups=groups)
+    assert np.isfinite(fitted.predict(preds)).all()
+    key = "shrink_chosen_by" if name == "per_class_selection" else "shrinkage_chosen_by"
+    assert fitted.params[key] == "inner cross-validation"
