@@ -100,10 +100,10 @@ def rule_picks(scores: dict, metric: str, shared_sources: bool) -> dict[str, str
 
 def repick(result: dict, metric: str) -> dict:
     """The rules re-applied to one saved resample (its honest scores and bootstrap replicates)."""
-    from harmonia.ensembles.honest import HonestScore
+    from harmonia.ensembles.honest import DEFAULT_FOLDS, HonestScore
 
     def honest(d: dict) -> HonestScore:
-        return HonestScore(d["score"], d["boot"], d["folds"], d["grouped"], d["f1"], d.get("k", 5))
+        return HonestScore(d["score"], d["boot"], d["folds"], d["grouped"], d["f1"], d.get("k", DEFAULT_FOLDS))
 
     # dumps written before "shared_sources" was saved: every fixture has groups, so ungrouped folds mean shared ones
     shared = result.get("shared_sources", not result["methods"]["best_single"]["score"]["grouped"])

@@ -17,6 +17,7 @@ import pandas as pd
 from harmonia import tracking
 from harmonia.ensembles import sed
 from harmonia.ensembles.artifacts import weights_png
+from harmonia.ensembles.honest import DEFAULT_GROUPING
 from harmonia.ensembles.library import Library, LibraryError, collect
 from harmonia.ensembles.sed_selection import SedSelection, objective_of, sed_greedy_selection
 from harmonia.ensembles.stage import DEFAULT_FOLDS, fit_sed, honest_setup
@@ -84,7 +85,8 @@ def fit_sed_selection(lib: Library, metric: str, size: int = 20, folds: int = DE
 
 
 def build_sed_selection(uri: str, experiment: str, *, metric: str, size: int = 20, folds: int = DEFAULT_FOLDS,
-                        progress: bool = True, snapshots: bool = True, grouping: str = "auto") -> SedSelectionReport:
+                        progress: bool = True, snapshots: bool = True,
+                        grouping: str = DEFAULT_GROUPING) -> SedSelectionReport:
     """Collect the experiment's trials, select by `metric`, fit the event decisions, log one ensemble run."""
     lib = collect(uri, experiment, progress=progress, snapshots=snapshots)
     fold_of = honest_setup(lib, folds, repeats=1, grouping=grouping).folds[0]
